@@ -1,0 +1,242 @@
+"""Find, read and write Emu3 checkpoints in the official formats, from local folders.
+
+Two layouts are understood (spec section 9):
+- original: an LM folder (`config.json` with model_type "Emu3", safetensors, sharded with an
+  index or not, tokenizer files) and a separate vision-tokenizer folder (model_type "Emu3VisionVQ");
+- transformers "-hf": one folder whose `config.json` has `text_config` + `vq_config` and whose
+  tensors use the `text_model.*` / `vqmodel.*` names (mapped through `emu3.keymap`).
+Models are built on the meta device and their tensors assigned from safetensors: nothing is ever
+unpickled, nothing is allocated twice. Every failure names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from emu3.config import LMConfig, VQConfig
+from emu3.model.transformer import Transformer
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PREPROCESSOR = "preprocessor_config.json"
+VQ_MODEL_TYPE = "Emu3VisionVQ"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file is missing, corrupt or does not fit the model."""
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A local folder, or a hub id resolved with `huggingface_hub` when it is installed."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    text = str(path)
+    if folder.exists():
+        raise CheckpointError(f"{folder} is a file; expected a checkpoint folder")
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise CheckpointError(f"{text!r} is not a local folder, and huggingface_hub (to fetch it as a "
+                                  "hub id) is not installed") from None
+        try:
+            return Path(snapshot_download(text))
+        except Exception as exc:  # offline, unknown repo, ...: say so plainly
+            raise CheckpointError(f"{text!r} is not a local folder and could not be fetched from the hub: {exc}") from exc
+    raise CheckpointError(f"checkpoint folder {folder} does not exist")
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / CONFIG
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def is_hf_format(config: dict) -> bool:
+    return "text_config" in config and "vq_config" in config
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder: from the shard index, the single file, or a glob."""
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index} is not a valid shard index: {exc}") from exc
+        files = [folder / s for s in shards]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"shards listed in {index} are missing: {missing}")
+        return files
+    if (folder / SAFETENSORS).is_file():
+        return [folder / SAFETENSORS]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        found = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        hint = f" (found {found}: pickled weights are not loaded; convert them to safetensors)" if found else ""
+        raise CheckpointError(f"no safetensors weights in {folder}{hint}")
+    return files
+
+
+def read_tensors(files: list[Path], rename: Callable[[str], str | None] = lambda k: k,
+                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of `files`, keyed by `rename(key)`; keys renamed to None are skipped."""
+    out: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                for key in f.keys():
+                    name = rename(key)
+                    if name is not None:
+                        out[name] = f.get_tensor(key)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    return out
+
+
+def assign_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
+                      dtype: torch.dtype | None, device: str | torch.device) -> None:
+    """Check keys and shapes against `model` (on the meta device), then assign cast tensors."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match the model: {len(missing)} missing keys "
+                              f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+    for key, ref in expected.items():
+        if tuple(tensors[key].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, "
+                                  f"the config implies {tuple(ref.shape)}")
+    cast = {}
+    for key, t in tensors.items():
+        floating = t.is_floating_point() and dtype is not None
+        cast[key] = t.to(device=device, dtype=dtype if floating else t.dtype)
+    model.load_state_dict(cast, strict=True, assign=True)
+
+
+def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+            device: str | torch.device = "cpu") -> Transformer:
+    """The language model of an original LM folder or of a -hf folder, in eval mode."""
+    folder = resolve(path)
+    config = read_config(folder)
+    if is_hf_format(config):
+        cfg = LMConfig.from_official(config["text_config"])
+
+        def rename(key: str) -> str | None:
+            from emu3 import keymap
+
+            return keymap.hf_to_original(key) if _is_hf_lm_key(key) else None
+    else:
+        model_type = config.get("model_type")
+        if model_type == VQ_MODEL_TYPE:
+            raise CheckpointError(f"{folder} holds a vision tokenizer, not a language model")
+        if model_type not in ("Emu3", None):
+            raise CheckpointError(f"{folder / CONFIG}: model_type {model_type!r} is not an Emu3 language model")
+        cfg = LMConfig.from_official(config)
+        rename = _identity
+    tensors = read_tensors(weight_files(folder), rename)
+    if not is_hf_format(config) and any(k.endswith("self_attn.q_norm.weight") for k in tensors):
+        cfg = dataclasses.replace(cfg, qk_norm=True)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    assign_state_dict(model, tensors, str(folder), dtype, device)
+    return model.eval()
+
+
+def _identity(key: str) -> str:
+    return key
+
+
+def _is_hf_lm_key(key: str) -> bool:
+    return key.startswith(("text_model.", "model.text_model.", "lm_head."))
+
+
+def save_lm(model: Transformer, folder: str | os.PathLike, *, extra_config: dict | None = None) -> Path:
+    """Write `model` in the original format (config.json + model.safetensors), atomically per file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    config = {
+        "model_type": "Emu3", "architectures": ["Emu3ForCausalLM"],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+        "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings, "attention_dropout": cfg.dropout,
+        "image_area": cfg.image_area, "pad_token_id": cfg.pad_token_id, "hidden_act": "silu",
+        "tie_word_embeddings": False, **(extra_config or {}),
+    }
+    if cfg.head_dim is not None:
+        config["head_dim"] = cfg.head_dim
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(folder / SAFETENSORS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    _atomic_write(folder / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def find_vision_tokenizer(lm_folder: Path) -> Path:
+    """The vision tokenizer for an LM folder: itself if -hf, else a sibling folder of type Emu3VisionVQ."""
+    if is_hf_format(read_config(lm_folder)):
+        return lm_folder
+    for sibling in sorted(lm_folder.parent.iterdir()):
+        cfg_path = sibling / CONFIG
+        if sibling.is_dir() and cfg_path.is_file():
+            try:
+                if json.loads(cfg_path.read_text(encoding="utf-8")).get("model_type") == VQ_MODEL_TYPE:
+                    return sibling
+            except (OSError, json.JSONDecodeError):
+                continue
+    raise CheckpointError(f"no vision tokenizer found next to {lm_folder}; pass its folder explicitly "
+                          "(--vision-tokenizer DIR)")
+
+
+def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                          device: str | torch.device = "cpu"):
+    """(VisionTokenizer, ImageProcessor) from an original tokenizer folder or a -hf folder."""
+    from emu3 import keymap
+    from emu3.vision import ImageProcessor, VisionTokenizer
+
+    folder = resolve(path)
+    config = read_config(folder)
+    if is_hf_format(config):
+        cfg = VQConfig.from_official(config["vq_config"])
+
+        def rename(key: str) -> str | None:
+            return keymap.hf_to_original(key) if "vqmodel." in key else None
+        convert = keymap.hf_tensor_to_original
+    else:
+        if config.get("model_type") not in (VQ_MODEL_TYPE, None):
+            raise CheckpointError(f"{folder / CONFIG}: model_type {config.get('model_type')!r} is not "
+                                  f"a vision tokenizer ({VQ_MODEL_TYPE})")
+        cfg = VQConfig.from_official(config)
+        rename, convert = _identity, None
+    tensors = read_tensors(weight_files(folder), rename)
+    if convert is not None:
+        tensors = {k: convert(k, t) for k, t in tensors.items()}
+    with torch.device("meta"):
+        model = VisionTokenizer(cfg)
+    assign_state_dict(model, tensors, str(folder), dtype, device)
+    processor_file = folder / PREPROCESSOR
+    processor = ImageProcessor.from_file(processor_file) if processor_file.is_file() else ImageProcessor()
+    return model.eval(), processor

@@ -1,0 +1,210 @@
+"""The `emu3` command: subcommands that parse arguments and call the pipelines.
+
+`emu3 generate` (text to image), `emu3 chat` (questions about images), `emu3 reconstruct` (through
+the vision tokenizer). Device and dtype are resolved here once. `--json` prints one JSON object on
+stdout; progress goes to stderr. Expected failures (bad files, bad values) exit with status 2 and a
+one-line message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from emu3.generation import SamplingConfig
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+class ProgressBar:
+    """A small text progress bar on stderr, redrawn at most every 0.1 s."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label, self.enabled, self.last, self.start = label, enabled, 0.0, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        width = 30
+        fill = int(width * done / total)
+        rate = done / max(now - self.start, 1e-9)
+        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {rate:.1f} tok/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the bar's line (call once, when the work is over)."""
+        if self.enabled and self.last:
+            sys.stderr.write("\n")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}") from None
+
+
+def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
+    if lm:
+        p.add_argument("--model", required=True, help="language-model folder (original or -hf) or hub id")
+    p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--greedy", action="store_true", default=greedy_default, help="always take the most likely token")
+    g.add_argument("--sample", dest="greedy", action="store_false", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=top_k)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def _sampling(args: argparse.Namespace) -> SamplingConfig:
+    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT
+
+    parser = argparse.ArgumentParser(prog="emu3", description="Emu3 multimodal models: generate, chat, reconstruct.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text to image")
+    gen.add_argument("prompt")
+    _add_common(gen)
+    gen.add_argument("-o", "--output", required=True, help="output image (with --batch N: name_0.png ...)")
+    gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1)")
+    gen.add_argument("--image-area", type=int, default=None, help="pixel area (default: the model's image_area)")
+    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    gen.add_argument("--positive-prompt", default=POSITIVE_PROMPT, help="suffix appended to the prompt")
+    gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT, help="unconditional context for guidance")
+    gen.add_argument("--batch", type=int, default=1, help="number of images")
+    _add_sampling(gen, top_k=2048, greedy_default=False)
+    gen.set_defaults(run=cmd_generate)
+
+    chat = sub.add_parser("chat", help="answer a question about images")
+    chat.add_argument("question")
+    _add_common(chat)
+    chat.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
+    chat.add_argument("--max-new-tokens", type=int, default=1024)
+    _add_sampling(chat, top_k=None, greedy_default=True)
+    chat.set_defaults(run=cmd_chat)
+
+    rec = sub.add_parser("reconstruct", help="encode and decode through the vision tokenizer")
+    rec.add_argument("input", help="an image, a folder of frames, an animated GIF/WebP or a video")
+    _add_common(rec, lm=False)
+    rec.add_argument("-o", "--output", required=True, help="output image, GIF/WebP, or folder for frames")
+    rec.set_defaults(run=cmd_reconstruct)
+    return parser
+
+
+def _load(args: argparse.Namespace, *, lm: bool = True):
+    from emu3.pipelines.loading import Emu3
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if not lm and not args.vision_tokenizer:
+        raise ValueError("--vision-tokenizer DIR is required")
+    return Emu3.load(args.model if lm else None, args.vision_tokenizer, device=device, dtype=dtype)
+
+
+def _output_paths(output: str, n: int) -> list[Path]:
+    out = Path(output)
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(n)]
+
+
+def cmd_generate(args: argparse.Namespace) -> dict:
+    from emu3.pipelines.text_to_image import text_to_image
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    m = _load(args)
+    bar = ProgressBar("generate", not args.quiet)
+    result = text_to_image(
+        m, args.prompt, ratio=args.ratio, image_area=args.image_area, cfg=args.cfg,
+        positive_prompt=args.positive_prompt, negative_prompt=args.negative_prompt, sampling=_sampling(args),
+        seed=args.seed, num_images=args.batch, progress=bar,
+    )
+    bar.close()
+    paths = _output_paths(args.output, len(result.images))
+    for image, path in zip(result.images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    if not args.json:
+        print("\n".join(str(p) for p in paths))
+    return {"images": [str(p) for p in paths], "token_ids": result.token_ids, "grid": list(result.grid),
+            "seeds": result.seeds, "seconds": round(result.seconds, 3)}
+
+
+def cmd_chat(args: argparse.Namespace) -> dict:
+    from emu3.pipelines.understanding import answer
+    from emu3.vision import load_image
+
+    images = [load_image(p) for p in args.image]
+    m = _load(args)
+    bar = ProgressBar("answer", not args.quiet)
+    result = answer(m, images, args.question, max_new_tokens=args.max_new_tokens, sampling=_sampling(args),
+                    seed=args.seed, progress=bar)
+    bar.close()
+    if not args.json:
+        print(result.text)
+    return {"text": result.text, "token_ids": result.token_ids}
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> dict:
+    from emu3.pipelines.reconstruct import reconstruct_path, save_frames
+
+    m = _load(args, lm=False)
+    result = reconstruct_path(m.vq, m.processor, args.input)
+    out = save_frames(result.frames, args.output)
+    if not args.json:
+        print(f"{out} (PSNR {result.psnr:.2f} dB)")
+    return {"codes": result.codes.tolist(), "codes_shape": list(result.codes.shape), "psnr": result.psnr,
+            "output": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        payload = args.run(args)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        # Library errors are written to name the problem; a traceback would only hide it.
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"emu3 {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

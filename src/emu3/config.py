@@ -1,0 +1,208 @@
+"""Typed configurations for the Emu3 language model and vision tokenizer.
+
+`LMConfig` and `VQConfig` are frozen dataclasses with named presets ("emu3-8b", "tiny", ...).
+`from_official` reads an official `config.json` (original "Emu3" or transformers "-hf" layouts);
+our own dictionaries go through `from_dict`, which rejects unknown keys. Loading weights and finding
+files are `checkpoint.py`'s job, not this module's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+# Keys of official/transformers config files that carry no architectural meaning for us.
+_IGNORED_OFFICIAL_KEYS = frozenset(
+    {
+        "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
+        "use_cache", "pretraining_tp", "initializer_range", "hidden_act", "tie_word_embeddings",
+        "_name_or_path", "rope_scaling", "output_attentions", "output_hidden_states", "return_dict",
+        "is_encoder_decoder", "attention_bias", "mlp_bias", "vocabulary_map", "image_token_id",
+        "tokenizer_class", "processor_class", "_attn_implementation_autoset", "layer_types",
+    }
+)
+
+
+def _reject_unknown(cls: type, data: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(names)}")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The decoder-only language model (Llama-style; `head_dim`/`qk_norm` cover Emu3.5)."""
+
+    vocab_size: int = 184622
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    qk_norm: bool = False
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 9216
+    dropout: float = 0.1  # the official `attention_dropout`: embedding, attention-prob, residual
+    image_area: int = 518400
+    pad_token_id: int = 151643
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.head_size % 2:
+            raise ValueError(f"head_dim {self.head_size} must be even for rotary embeddings")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LMConfig":
+        _reject_unknown(cls, data)
+        return cls(**data)
+
+    @classmethod
+    def from_official(cls, data: dict[str, Any]) -> "LMConfig":
+        """From an original `config.json` (model_type "Emu3") or a -hf `text_config`."""
+        data = dict(data)
+        rope = data.pop("rope_parameters", None) or {}
+        renames = {
+            "num_hidden_layers": "num_layers",
+            "num_attention_heads": "num_heads",
+            "num_key_value_heads": "num_kv_heads",
+            "attention_dropout": "dropout",
+        }
+        out: dict[str, Any] = {}
+        if "rope_theta" in rope:
+            out["rope_theta"] = float(rope["rope_theta"])
+        scaling = data.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling:
+            raise ValueError(f"rope scaling {scaling} is not supported (no released Emu3 checkpoint uses it)")
+        if data.get("pretraining_tp", 1) != 1:
+            warnings.warn("pretraining_tp != 1 is numerically identical to 1 and is ignored", stacklevel=2)
+        if data.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {data['hidden_act']!r} is not supported (Emu3 uses silu)")
+        if data.get("tie_word_embeddings", False):
+            raise ValueError("tied word embeddings are not supported (Emu3's head is untied)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = []
+        for key, value in data.items():
+            key = renames.get(key, key)
+            if key in names:
+                out[key] = value
+            elif key in _IGNORED_OFFICIAL_KEYS or key.endswith("_token_id") or key.endswith("_token"):
+                continue
+            else:
+                unknown.append(key)
+        if unknown:
+            warnings.warn(f"ignoring unknown language-model config keys {sorted(unknown)}", stacklevel=2)
+        if "use_qk_norm" in data:
+            out["qk_norm"] = bool(data["use_qk_norm"])
+        return cls(**out)
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """The Emu3 vision tokenizer (MoVQ-style VQ autoencoder with causal temporal convolutions)."""
+
+    codebook_size: int = 32768
+    embed_dim: int = 4
+    z_channels: int = 4
+    in_channels: int = 3
+    out_channels: int = 3
+    temporal_downsample_factor: int = 4
+    ch: int = 256
+    ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (3,)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        if self.ch % 32:
+            raise ValueError(f"ch {self.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.temporal_downsample_factor & (self.temporal_downsample_factor - 1):
+            raise ValueError(f"temporal_downsample_factor {self.temporal_downsample_factor} must be a power of 2")
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VQConfig":
+        _reject_unknown(cls, data)
+        return cls(**data)
+
+    @classmethod
+    def from_official(cls, data: dict[str, Any]) -> "VQConfig":
+        """From an original `config.json` (model_type "Emu3VisionVQ") or a -hf `vq_config`."""
+        renames = {
+            "latent_channels": "z_channels",
+            "base_channels": "ch",
+            "channel_multiplier": "ch_mult",
+        }
+        names = {f.name for f in dataclasses.fields(cls)}
+        hf_only = {"hidden_size", "num_attention_heads", "attention_dropout", "double_latent", "double_z"}
+        out: dict[str, Any] = {}
+        unknown = []
+        for key, value in data.items():
+            key = renames.get(key, key)
+            if key in names:
+                out[key] = value
+            elif key in hf_only or key in _IGNORED_OFFICIAL_KEYS:
+                continue
+            else:
+                unknown.append(key)
+        if data.get("double_z") or data.get("double_latent"):
+            raise ValueError("double_z is not supported (the Emu3 tokenizer uses a single latent)")
+        if unknown:
+            warnings.warn(f"ignoring unknown vision-tokenizer config keys {sorted(unknown)}", stacklevel=2)
+        return cls(**out)
+
+
+LM_PRESETS: dict[str, LMConfig] = {
+    "emu3-8b": LMConfig(),
+    "emu3-8b-chat": LMConfig(max_position_embeddings=131072, image_area=262144),
+    # Small sizes with the real vocabulary, for tests and benchmarks on a CPU.
+    "tiny": LMConfig(hidden_size=32, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
+                     max_position_embeddings=1024, dropout=0.0, image_area=4096),
+    "small": LMConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=2,
+                      max_position_embeddings=4096, dropout=0.0, image_area=16384),
+}
+
+VQ_PRESETS: dict[str, VQConfig] = {
+    "emu3-vq": VQConfig(),
+    "tiny": VQConfig(ch=32, num_res_blocks=1),
+}
+
+
+def _preset(table: dict[str, Any], name: str, what: str) -> Any:
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} preset {name!r}; choose one of {sorted(table)}") from None
+
+
+def lm_preset(name: str, **overrides: Any) -> LMConfig:
+    """A named language-model preset, optionally with some fields replaced."""
+    base = _preset(LM_PRESETS, name, "language-model")
+    _reject_unknown(LMConfig, overrides)
+    return dataclasses.replace(base, **overrides)
+
+
+def vq_preset(name: str, **overrides: Any) -> VQConfig:
+    """A named vision-tokenizer preset, optionally with some fields replaced."""
+    base = _preset(VQ_PRESETS, name, "vision-tokenizer")
+    _reject_unknown(VQConfig, overrides)
+    return dataclasses.replace(base, **overrides)
+
+
+__all__ = ["LMConfig", "VQConfig", "LM_PRESETS", "VQ_PRESETS", "lm_preset", "vq_preset"]

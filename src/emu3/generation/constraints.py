@@ -1,0 +1,57 @@
+"""Small composable score transforms: classifier-free guidance and the image-grid constraint.
+
+Both work on whole batches of score rows on the device, with no Python per-token callbacks and no
+lists of allowed ids. The grid constraint is a pure function of each row's position inside its
+image, so it also serves teacher-forced checks, parallel decoding and the server.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emu3.vocab import Vocab
+
+NEG_INF = float("-inf")
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on log-probabilities: uncond + scale * (cond - uncond)."""
+    cond, uncond = cond.log_softmax(-1), uncond.log_softmax(-1)
+    return uncond + scale * (cond - uncond)
+
+
+class ImageGrid:
+    """Forces the layout `[v * w, eol] * h, eof, eoi, eos` of an h x w image, then padding.
+
+    `offset` counts the tokens of the image generated so far plus one: offset 1 is the first
+    visual token after `<|image token|>`. Offsets <= 0 mean "not inside an image" (left unchanged).
+    `heights` / `widths` are (B,) tensors, so every row of a batch may have its own grid.
+    """
+
+    def __init__(self, heights: torch.Tensor, widths: torch.Tensor, vocab: Vocab) -> None:
+        self.h, self.w, self.vocab = heights, widths, vocab
+
+    def num_tokens(self) -> torch.Tensor:
+        """Tokens generated per image, eos included: h * (w + 1) + 3, as (B,)."""
+        return self.h * (self.w + 1) + 3
+
+    def forced(self, offset: torch.Tensor) -> torch.Tensor:
+        """The forced token id per row, or -1 where a visual token is free to choose, as (B,)."""
+        v = self.vocab
+        end = (self.w + 1) * self.h
+        forced = torch.full_like(offset, -1)
+        forced = torch.where(offset % (self.w + 1) == 0, v.eol, forced)
+        forced = torch.where(offset == end + 1, v.eof, forced)
+        forced = torch.where(offset == end + 2, v.eoi, forced)
+        forced = torch.where(offset == end + 3, v.eos, forced)
+        forced = torch.where(offset > end + 3, v.pad, forced)
+        return torch.where(offset <= 0, -2, forced)
+
+    def apply(self, scores: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Mask (B, V) scores: visual tokens only inside a row; the single forced id elsewhere."""
+        forced = self.forced(offset)  # (B,)
+        ids = torch.arange(scores.shape[-1], device=scores.device)
+        visual = (ids >= self.vocab.visual_base) & (ids < self.vocab.visual_end)  # (V,)
+        allowed = torch.where((forced == -1)[:, None], visual[None], ids[None] == forced[:, None])
+        allowed = allowed | (forced == -2)[:, None]
+        return scores.masked_fill(~allowed, NEG_INF)

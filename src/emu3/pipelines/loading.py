@@ -1,0 +1,82 @@
+"""`Emu3`: the language model, text tokenizer, vision tokenizer and image processor, loaded together.
+
+This is what the task pipelines take. It resolves the folders (an original LM folder with the vision
+tokenizer beside it or given separately, or one -hf folder), places the LM in the requested dtype
+and keeps the vision tokenizer in fp32 by default (its BatchNorm statistics want it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from emu3 import checkpoint
+from emu3.model import Transformer
+from emu3.tokenizer import Tokenizer
+from emu3.vision import ImageProcessor, VisionTokenizer
+from emu3.vocab import EMU3, Vocab
+
+
+@dataclass
+class Emu3:
+    """Everything a task needs; `lm`/`tokenizer` are None for a vision-tokenizer-only bundle."""
+
+    lm: Transformer | None
+    tokenizer: Tokenizer | None
+    vq: VisionTokenizer
+    processor: ImageProcessor
+    vocab: Vocab = EMU3
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, vision_tokenizer: str | os.PathLike | None = None, *,
+             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             vq_dtype: torch.dtype = torch.float32) -> "Emu3":
+        """Load from folders (or hub ids). With no `model`, only the vision tokenizer is loaded."""
+        lm = tokenizer = None
+        if model is not None:
+            folder = checkpoint.resolve(model)
+            lm = checkpoint.load_lm(folder, dtype=dtype, device=device)
+            tokenizer = Tokenizer.from_dir(folder)
+            if vision_tokenizer is None:
+                vision_tokenizer = checkpoint.find_vision_tokenizer(folder)
+            if tokenizer.vocab_size != lm.config.vocab_size:
+                raise checkpoint.CheckpointError(
+                    f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+                    f"is {lm.config.vocab_size}")
+        if vision_tokenizer is None:
+            raise ValueError("give a model folder, a vision tokenizer folder, or both")
+        vq, processor = checkpoint.load_vision_tokenizer(vision_tokenizer, dtype=vq_dtype, device=device)
+        return cls(lm=lm, tokenizer=tokenizer, vq=vq, processor=processor)
+
+    @property
+    def image_area(self) -> int:
+        return self.lm.config.image_area if self.lm is not None else self.processor.max_pixels
+
+    def require_lm(self) -> tuple[Transformer, Tokenizer]:
+        if self.lm is None or self.tokenizer is None:
+            raise ValueError("this task needs a language model: load one with --model DIR")
+        return self.lm, self.tokenizer
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """The (h, w) code grid of one image, after the official preprocessing."""
+        pixels = self.processor.preprocess(image)[0]
+        return self.vq.encode(pixels[None].to(self.vq_device))[0].cpu()
+
+    @torch.inference_mode()
+    def decode_codes(self, grids: torch.Tensor) -> list[Image.Image]:
+        """Images for a batch of (B, h, w) code grids."""
+        pixels = self.vq.decode(grids.to(self.vq_device))
+        return self.processor.postprocess(pixels.float().cpu())
+
+    @property
+    def vq_device(self) -> torch.device:
+        return next(self.vq.parameters()).device
+
+
+def load(model=None, vision_tokenizer=None, **kwargs) -> Emu3:
+    """Shorthand for `Emu3.load`."""
+    return Emu3.load(model, vision_tokenizer, **kwargs)

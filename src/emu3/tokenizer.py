@@ -1,0 +1,146 @@
+"""The Emu3 text tokenizer on tiktoken (Qwen BPE ranks + Emu3 special tokens).
+
+Reads `emu3.tiktoken` and `emu3_vision_tokens.txt` from a checkpoint folder, or rebuilds the same
+ranks from a transformers "-hf" folder's `vocab.json`. User text is encoded with special-token
+strings treated as plain text: a prompt containing "<|extra_203|>" cannot inject a control token.
+Prompt templates insert control ids directly (see `prompting.py`); visual codes are never strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import unicodedata
+from pathlib import Path
+
+import tiktoken
+
+from emu3.vocab import NUM_BPE
+
+# The Qwen pre-tokenizer pattern: note `\p{N}` splits every digit on its own.
+PAT_STR = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+BASE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{k}|>" for k in range(205)]
+RANKS_FILE = "emu3.tiktoken"
+VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing or malformed."""
+
+
+def _read_ranks(path: Path) -> dict[bytes, int]:
+    ranks: dict[bytes, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TokenizerError(f"cannot read BPE ranks file {path}: {exc}") from exc
+    for lineno, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as exc:
+            raise TokenizerError(f"{path}:{lineno}: expected 'base64 rank', got {line[:80]!r}") from exc
+    return ranks
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte <-> printable-unicode table used by byte-level BPE vocab files."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def _ranks_from_hf_vocab(path: Path) -> dict[bytes, int]:
+    """Rebuild tiktoken ranks from a byte-level BPE `vocab.json` (ids below NUM_BPE are the ranks)."""
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    ranks = {}
+    for token, idx in vocab.items():
+        if idx < NUM_BPE:
+            try:
+                ranks[bytes(decoder[c] for c in token)] = idx
+            except KeyError as exc:
+                raise TokenizerError(f"{path}: token {token!r} is not byte-level BPE") from exc
+    return ranks
+
+
+class Tokenizer:
+    """Text <-> ids for Emu3-family checkpoints; special tokens are looked up, never parsed from text."""
+
+    def __init__(self, ranks: dict[bytes, int], extra_specials: list[str]) -> None:
+        if len(ranks) != NUM_BPE:
+            raise TokenizerError(f"expected {NUM_BPE} BPE ranks, found {len(ranks)}")
+        specials = BASE_SPECIALS + extra_specials
+        self.special_ids = {tok: NUM_BPE + i for i, tok in enumerate(specials)}
+        self._enc = tiktoken.Encoding(
+            name="emu3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=self.special_ids
+        )
+        self.vocab_size = NUM_BPE + len(specials)
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> "Tokenizer":
+        """Load from a checkpoint folder: original files, or a transformers -hf `vocab.json`."""
+        folder = Path(folder)
+        vision_file = folder / VISION_TOKENS_FILE
+        if (folder / RANKS_FILE).is_file():
+            ranks = _read_ranks(folder / RANKS_FILE)
+        elif (folder / "vocab.json").is_file():
+            ranks = _ranks_from_hf_vocab(folder / "vocab.json")
+        else:
+            raise TokenizerError(f"no tokenizer in {folder}: expected {RANKS_FILE} or vocab.json")
+        if vision_file.is_file():
+            extra = [line for line in vision_file.read_text(encoding="utf-8").splitlines() if line]
+        else:
+            extra = cls._specials_from_hf(folder)
+        return cls(ranks, extra)
+
+    @staticmethod
+    def _specials_from_hf(folder: Path) -> list[str]:
+        """The image markers and visual tokens of a -hf folder (its `tokenizer.json` added tokens)."""
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"no {VISION_TOKENS_FILE} or tokenizer.json in {folder}")
+        try:
+            added = json.loads(path.read_text(encoding="utf-8"))["added_tokens"]
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise TokenizerError(f"cannot read added tokens from {path}: {exc}") from exc
+        first = NUM_BPE + len(BASE_SPECIALS)
+        by_id = {t["id"]: t["content"] for t in added if t["id"] >= first}
+        return [by_id[i] for i in range(first, first + len(by_id))]
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Encode text (NFC-normalised). Special-token strings stay plain text unless `allow_special`."""
+        text = unicodedata.normalize("NFC", text)
+        if allow_special:
+            return self._enc.encode(text, allowed_special="all")
+        return self._enc.encode_ordinary(text)
+
+    def decode(self, ids, *, skip_special: bool = True) -> str:
+        """Ids -> text; with `skip_special` every id >= 151643 (control and visual) is dropped."""
+        ids = [int(i) for i in ids]
+        if skip_special:
+            ids = [i for i in ids if i < NUM_BPE]
+        return self._enc.decode(ids, errors="replace")
+
+    def token_id(self, special: str) -> int:
+        """The id of a special token such as "<|image start|>"."""
+        try:
+            return self.special_ids[special]
+        except KeyError:
+            raise KeyError(f"{special!r} is not a special token of this vocabulary") from None

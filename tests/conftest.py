@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: paths to the parity fixtures in ../shared (skipped cleanly when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EMU3_FIXTURE = SHARED / "fixtures" / "emu3-tiny-original"
+EMU35_FIXTURE = SHARED / "fixtures" / "emu35-tiny-original"
+
+
+@pytest.fixture(scope="session")
+def emu3_fixture() -> Path:
+    """The tiny Emu3 checkpoint in the original format, with golden outputs of the original code."""
+    if not EMU3_FIXTURE.is_dir():
+        pytest.skip(f"parity fixture not found at {EMU3_FIXTURE}")
+    return EMU3_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def emu35_fixture() -> Path:
+    """The tiny Emu3.5 checkpoint in the official formats, with golden outputs."""
+    if not EMU35_FIXTURE.is_dir():
+        pytest.skip(f"parity fixture not found at {EMU35_FIXTURE}")
+    return EMU35_FIXTURE

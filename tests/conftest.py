@@ -26,3 +26,27 @@ def emu35_fixture() -> Path:
     if not EMU35_FIXTURE.is_dir():
         pytest.skip(f"parity fixture not found at {EMU35_FIXTURE}")
     return EMU35_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def golden(emu3_fixture: Path) -> dict:
+    """golden.json of the Emu3 fixture."""
+    import json
+
+    return json.loads((emu3_fixture / "golden.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_tensors(emu3_fixture: Path) -> dict:
+    """golden.safetensors of the Emu3 fixture."""
+    from safetensors.torch import load_file
+
+    return load_file(str(emu3_fixture / "golden.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny(emu3_fixture: Path):
+    """The fixture's LM, tokenizer and vision tokenizer loaded once (fp32, CPU)."""
+    from emu3.pipelines import Emu3
+
+    return Emu3.load(emu3_fixture / "Emu3-tiny")

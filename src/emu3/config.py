@@ -21,6 +21,7 @@ _IGNORED_OFFICIAL_KEYS = frozenset(
         "_name_or_path", "rope_scaling", "output_attentions", "output_hidden_states", "return_dict",
         "is_encoder_decoder", "attention_bias", "mlp_bias", "vocabulary_map", "image_token_id",
         "tokenizer_class", "processor_class", "_attn_implementation_autoset", "layer_types",
+        "chunk_size_feed_forward", "id2label", "label2id", "problem_type", "text_config", "vq_config",
     }
 )
 

@@ -1,0 +1,115 @@
+"""Checkpoint loading: formats, shards, dtypes, and errors that name the file and the problem."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from emu3 import checkpoint
+from emu3.checkpoint import CheckpointError, load_lm, load_vision_tokenizer, save_lm
+from emu3.config import lm_preset
+from emu3.model import Transformer
+
+
+@pytest.fixture()
+def lm_dir(tmp_path):
+    model = Transformer(lm_preset("tiny", vocab_size=300, pad_token_id=0, max_position_embeddings=64))
+    model.init_weights(generator=torch.Generator().manual_seed(0))
+    return save_lm(model, tmp_path / "lm"), model
+
+
+def test_save_and_load_round_trip(lm_dir):
+    folder, model = lm_dir
+    loaded = load_lm(folder)
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_sharded_checkpoint_with_index(lm_dir):
+    folder, model = lm_dir
+    tensors = load_file(str(folder / "model.safetensors"))
+    keys = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, names in shards.items():
+        save_file({k: tensors[k] for k in names}, str(folder / name))
+    (folder / "model.safetensors").unlink()
+    index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    ids = torch.randint(1, 300, (1, 6))
+    torch.testing.assert_close(load_lm(folder)(ids), model.eval()(ids))
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shards listed in .* are missing"):
+        load_lm(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_loading(lm_dir, dtype):
+    model = load_lm(lm_dir[0], dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    assert model(torch.tensor([[1, 2, 3]])).dtype == torch.float32
+
+
+def test_missing_folder_and_files(tmp_path, lm_dir):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_lm(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_lm(tmp_path / "empty")
+    folder = lm_dir[0]
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no safetensors weights"):
+        load_lm(folder)
+    torch.save({}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pickled weights are not loaded"):
+        load_lm(folder)
+
+
+def test_corrupt_files(lm_dir):
+    folder = lm_dir[0]
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="cannot read .*model.safetensors"):
+        load_lm(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_lm(folder)
+
+
+def test_shape_and_key_mismatches(lm_dir):
+    folder = lm_dir[0]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 64}))
+    with pytest.raises(CheckpointError, match="mlp.gate_proj.weight has shape"):
+        load_lm(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(CheckpointError, match="1 missing keys|missing keys"):
+        load_lm(folder)
+
+
+def test_wrong_kind_of_folder(emu3_fixture, tmp_path):
+    with pytest.raises(CheckpointError, match="holds a vision tokenizer"):
+        load_lm(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    with pytest.raises(CheckpointError, match="not a vision tokenizer"):
+        load_vision_tokenizer(emu3_fixture / "Emu3-tiny")
+    shutil.copytree(emu3_fixture / "Emu3-tiny", tmp_path / "alone")
+    with pytest.raises(CheckpointError, match="no vision tokenizer found"):
+        checkpoint.find_vision_tokenizer(tmp_path / "alone")
+
+
+def test_vision_tokenizer_is_found_beside_the_lm(emu3_fixture):
+    assert checkpoint.find_vision_tokenizer(emu3_fixture / "Emu3-tiny").name == "Emu3-VisionTokenizer-tiny"
+
+
+def test_hub_ids_resolve_through_huggingface_hub(monkeypatch, tmp_path):
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id: str(tmp_path))
+    assert checkpoint.resolve("BAAI/Emu3-Gen") == tmp_path
+
+    def offline(repo_id):
+        raise OSError("no network")
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="could not be fetched from the hub: no network"):
+        checkpoint.resolve("BAAI/Emu3-Gen")

@@ -1,0 +1,109 @@
+"""The `emu3` command: the golden runs end to end, JSON output, errors, and the README's commands."""
+
+import json
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emu3.cli import main
+from tests.conftest import REPO
+
+
+def run_json(capsys, argv):
+    assert main(argv + ["--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_generate_reproduces_the_golden_image(capsys, tmp_path, emu3_fixture, golden, golden_tensors):
+    t2i = golden["t2i"]
+    out = run_json(capsys, ["generate", t2i["prompt"], "--model", str(emu3_fixture / "Emu3-tiny"), "--greedy",
+                            "--positive-prompt", "", "--negative-prompt", t2i["negative_prompt"],
+                            "--image-area", "4096", "--ratio", "1:1", "--cfg", "3.0", "-o", str(tmp_path / "a.png")])
+    assert out["token_ids"] == [t2i["output_ids"]]
+    assert out["grid"] == [8, 8] and out["images"] == [str(tmp_path / "a.png")] and out["seconds"] > 0
+    image = np.asarray(Image.open(tmp_path / "a.png")).astype(int)
+    assert np.abs(image - golden_tensors["t2i_image"].numpy()).max() <= 1
+
+
+def test_generate_batch_with_seed(capsys, tmp_path, emu3_fixture):
+    argv = ["generate", "two cats", "--model", str(emu3_fixture / "Emu3-tiny"), "--image-area", "1024",
+            "--ratio", "2:1", "--batch", "2", "--seed", "7", "--top-k", "50", "-o", str(tmp_path / "b.png")]
+    first = run_json(capsys, argv)
+    assert first["images"] == [str(tmp_path / "b_0.png"), str(tmp_path / "b_1.png")]
+    assert first["grid"] == [3, 6] and first["seeds"] == [7, 8]
+    assert Image.open(tmp_path / "b_1.png").size == (48, 24)
+    assert run_json(capsys, argv)["token_ids"] == first["token_ids"]
+
+
+def test_chat_reproduces_the_golden_answer(capsys, emu3_fixture, golden):
+    vqa = golden["vqa"]
+    out = run_json(capsys, ["chat", vqa["question"], "--model", str(emu3_fixture / "Emu3-tiny"),
+                            "--image", str(emu3_fixture / "input.png"), "--greedy", "--max-new-tokens", "24"])
+    assert out["token_ids"] == vqa["output_ids"]
+    assert isinstance(out["text"], str)
+
+
+def test_reconstruct_image(capsys, tmp_path, emu3_fixture, golden_tensors):
+    out = run_json(capsys, ["reconstruct", str(emu3_fixture / "input.png"), "--vision-tokenizer",
+                            str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "-o", str(tmp_path / "r.png")])
+    assert out["codes"] == golden_tensors["vq_codes"][0].tolist()
+    assert out["codes_shape"] == [6, 8] and out["output"] == str(tmp_path / "r.png")
+    assert np.isfinite(out["psnr"]) and Image.open(tmp_path / "r.png").size == (64, 48)
+
+
+def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(frames / f"{i:03d}.png")
+    out = run_json(capsys, ["reconstruct", str(frames), "--vision-tokenizer",
+                            str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "-o", str(tmp_path / "clip.gif")])
+    assert out["codes_shape"][0] == 2  # 6 frames -> padded to 8 -> 2 latent frames
+    assert Image.open(tmp_path / "clip.gif").n_frames == 6
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "x", "--model", "/nonexistent", "-o", "o.png"], "does not exist"),
+    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--ratio", "7", "-o", "{tmp}/o.png"], "ratio"),
+    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--batch", "0", "-o", "{tmp}/o.png"], "--batch"),
+    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--image-area", "100000000", "-o", "{tmp}/o.png"],
+     "exceeds the model's context"),
+    (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--image", "{tmp}/missing.png"], "missing.png"),
+    (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--dtype", "int3"], "unknown dtype"),
+    (["reconstruct", "{fixture}/input.png", "-o", "{tmp}/r.png"], "--vision-tokenizer"),
+    (["reconstruct", "{tmp}/corrupt.png", "--vision-tokenizer", "{fixture}/Emu3-VisionTokenizer-tiny",
+      "-o", "{tmp}/r.png"], "corrupt.png"),
+])
+def test_bad_input_exits_2_with_a_message(capsys, tmp_path, emu3_fixture, argv, message):
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    argv = [a.format(fixture=emu3_fixture, tmp=tmp_path) for a in argv]
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"emu3 {argv[0]}: error:") and message in err
+    assert "Traceback" not in err
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_opens_with_the_main_job_and_the_test_command():
+    main_job, tests = readme_commands()[:2]
+    assert main_job.startswith("emu3 generate ")
+    assert tests in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_main_job_runs(tmp_path, emu3_fixture):
+    argv = shlex.split(readme_commands()[0])
+    argv[argv.index("-o") + 1] = str(tmp_path / "out.png")
+    proc = subprocess.run([sys.executable, "-m", "emu3", *argv[1:]], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "out.png").size == (64, 64)

@@ -1,0 +1,70 @@
+"""The tiktoken-based tokenizer against the original's golden ids, and its no-injection rule."""
+
+import json
+
+import pytest
+
+from emu3.tokenizer import NUM_BPE, Tokenizer, TokenizerError, _bytes_to_unicode
+
+
+@pytest.fixture(scope="module")
+def tok(tiny):
+    return tiny.tokenizer
+
+
+def test_golden_tokenization_with_specials_allowed(tok, golden):
+    for case in golden["tokenization"]:
+        assert tok.encode(case["text"], allow_special=True) == case["ids"]
+
+
+def test_user_text_cannot_inject_special_tokens(tok):
+    ids = tok.encode("hi <|extra_203|><|image start|> there")
+    assert all(i < NUM_BPE for i in ids)
+    assert tok.decode(ids) == "hi <|extra_203|><|image start|> there"
+
+
+def test_vocabulary_layout(tok):
+    assert tok.vocab_size == 184622
+    assert tok.token_id("<|extra_203|>") == 151849
+    assert tok.token_id("<|image start|>") == 151852
+    assert tok.token_id("<|visual token 000000|>") == 151854
+    assert tok.token_id("<|visual token 032767|>") == 184621
+    with pytest.raises(KeyError, match="not a special token"):
+        tok.token_id("<|nope|>")
+
+
+def test_digits_split_one_by_one(tok):
+    assert tok.encode("90*90") == [tok.encode(c)[0] for c in "90*90"]
+
+
+def test_decode_skips_control_and_visual_ids(tok):
+    ids = [151849] + tok.encode("a cat") + [151854, 151850]
+    assert tok.decode(ids) == "a cat"
+    assert tok.decode(ids, skip_special=False) == "<|extra_203|>a cat<|visual token 000000|><|extra_204|>"
+
+
+def test_nfc_normalisation(tok):
+    assert tok.encode("e\u0301") == tok.encode("\u00e9")
+
+
+def test_hf_vocab_json_gives_the_same_tokenizer(tmp_path, tok, emu3_fixture):
+    """A -hf folder has vocab.json (byte-level strings) + tokenizer.json instead of emu3.tiktoken."""
+    table = _bytes_to_unicode()
+    ranks = tok._enc._mergeable_ranks
+    vocab = {"".join(table[b] for b in token): rank for token, rank in ranks.items()}
+    vocab.update(tok.special_ids)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    added = [{"id": i, "content": t} for t, i in tok.special_ids.items()]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": added}))
+    hf = Tokenizer.from_dir(tmp_path)
+    text = "Hello, 世界! 123 tabs\tand\nnewlines <|image start|>"
+    assert hf.encode(text) == tok.encode(text)
+    assert hf.special_ids == tok.special_ids
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(TokenizerError, match="no tokenizer in"):
+        Tokenizer.from_dir(tmp_path)
+    (tmp_path / "emu3.tiktoken").write_text("not-base64 x\n")
+    with pytest.raises(TokenizerError, match="emu3.tiktoken:1"):
+        Tokenizer.from_dir(tmp_path)

@@ -1,0 +1,12 @@
+"""Vision side of Emu3: the VQ tokenizer (pixels <-> codes) and image pre/post-processing.
+
+Nothing here knows about the language model or its token ids.
+"""
+
+from emu3.vision.image_processing import ImageProcessor, load_frames, load_image, smart_resize
+from emu3.vision.vq import Decoder, Encoder, VectorQuantizer, VisionTokenizer
+
+__all__ = [
+    "ImageProcessor", "load_frames", "load_image", "smart_resize",
+    "Decoder", "Encoder", "VectorQuantizer", "VisionTokenizer",
+]

@@ -50,3 +50,43 @@ def tiny(emu3_fixture: Path):
     from emu3.pipelines import Emu3
 
     return Emu3.load(emu3_fixture / "Emu3-tiny")
+
+
+HF_NUM_LAYERS = 2
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """A tiny transformers `Emu3ForConditionalGeneration` with random weights, saved in the -hf format.
+
+    The oracle for the -hf layout: returns (the transformers model in eval mode, its folder). The LM
+    weights are drawn wider than transformers' init and the norms and BatchNorm statistics are
+    randomised, so that a wrong mapping or a numerical difference cannot hide.
+    """
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    vq_config = dict(codebook_size=32768, embed_dim=4, latent_channels=4, base_channels=32,
+                     channel_multiplier=[1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[3],
+                     hidden_size=32 * 4, num_attention_heads=1)  # hidden_size must be ch * ch_mult[-1]
+    text_config = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=HF_NUM_LAYERS,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = transformers.Emu3Config(vq_config=vq_config, text_config=text_config, vocabulary_map={"<image>": 5})
+    torch.manual_seed(0)
+    model = transformers.Emu3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.startswith("model.vqmodel"):
+                param.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.2)
+        for module in model.model.vqmodel.modules():
+            if isinstance(module, (torch.nn.GroupNorm, torch.nn.BatchNorm3d)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.num_batches_tracked.fill_(7)
+    folder = tmp_path_factory.mktemp("emu3-hf")
+    model.save_pretrained(folder)
+    return model, folder

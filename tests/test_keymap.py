@@ -18,7 +18,8 @@ from emu3.keymap import (
 )
 from emu3.vision import VisionTokenizer
 
-NUM_LAYERS = 2
+from tests.conftest import HF_NUM_LAYERS as NUM_LAYERS
+
 # Tiny LM shapes: hidden 32, 4 heads of 8, 2 KV heads, MLP 64, vocabulary 300 (spec 9.1 names).
 LM_SHAPES = {"model.embed_tokens.weight": (300, 32), "model.norm.weight": (32,), "lm_head.weight": (300, 32)}
 for _i in range(NUM_LAYERS):
@@ -118,35 +119,9 @@ def test_tensor_transforms(vq_state):
 
 # ---------------------------------------------------------------- transformers as the oracle
 
-@pytest.fixture(scope="module")
-def hf_checkpoint(tmp_path_factory):
-    """A tiny Emu3ForConditionalGeneration with random weights and BatchNorm statistics, saved to disk."""
-    transformers = pytest.importorskip("transformers")
-    vq_config = dict(codebook_size=32768, embed_dim=4, latent_channels=4, base_channels=32,
-                     channel_multiplier=[1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[3],
-                     hidden_size=32 * 4, num_attention_heads=1)  # hidden_size must be ch * ch_mult[-1]
-    text_config = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=NUM_LAYERS,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = transformers.Emu3Config(vq_config=vq_config, text_config=text_config, vocabulary_map={"<image>": 5})
-    torch.manual_seed(0)
-    model = transformers.Emu3ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for module in model.model.vqmodel.modules():
-            if isinstance(module, (torch.nn.GroupNorm, torch.nn.BatchNorm3d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.running_mean.normal_(0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.num_batches_tracked.fill_(7)
-    folder = tmp_path_factory.mktemp("emu3-hf")
-    model.save_pretrained(folder)
-    return model, load_file(folder / "model.safetensors")
-
-
 def test_on_disk_names_map_to_ours(hf_checkpoint, vq_state):
-    model, on_disk = hf_checkpoint
+    model, folder = hf_checkpoint
+    on_disk = load_file(folder / "model.safetensors")
     assert any(k.startswith("text_model.model.") for k in on_disk)  # the legacy on-disk layout
     converted = hf_state_dict_to_original(on_disk)
     expected = set(vq_state) | set(LM_SHAPES)
@@ -162,7 +137,8 @@ def test_on_disk_names_map_to_ours(hf_checkpoint, vq_state):
 
 @torch.no_grad()
 def test_numerics_match_transformers_vqvae(hf_checkpoint):
-    model, on_disk = hf_checkpoint
+    model, folder = hf_checkpoint
+    on_disk = load_file(folder / "model.safetensors")
     hf_vq = model.model.vqmodel
     ours = VisionTokenizer(vq_preset("tiny"))
     original = hf_state_dict_to_original({k: v for k, v in on_disk.items() if k.startswith("vqmodel.")})

@@ -18,7 +18,8 @@ from emu3.model import KVCache, Transformer
 Progress = Callable[[int, int], None]
 
 
-def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows left-padded to one length as (R, L) ids, and each row's padding length (R,)."""
     if any(len(r) == 0 for r in rows):
         raise ValueError("every prompt must hold at least one token")
     length = max(len(r) for r in rows)
@@ -27,6 +28,16 @@ def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, to
         ids[i, length - len(r):] = torch.tensor(r, dtype=torch.long)
     offsets = torch.tensor([length - len(r) for r in rows], dtype=torch.long)
     return ids.to(device), offsets.to(device)
+
+
+def seeded_generators(seeds: list[int] | None, batch: int, sampling: SamplingConfig,
+                      device) -> list[torch.Generator] | None:
+    """One generator per row from `seeds` (None when decoding is greedy or unseeded)."""
+    if seeds is not None and len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for {batch} prompts")
+    if seeds is None or sampling.is_greedy:
+        return None
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
 @torch.inference_mode()
@@ -58,16 +69,12 @@ def generate(
     guided = negative_prompts is not None and cfg_scale != 1.0
     if guided and len(negative_prompts) != batch:
         raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts")
-    if seeds is not None and len(seeds) != batch:
-        raise ValueError(f"{len(seeds)} seeds for {batch} prompts")
     device = model.lm_head.weight.device
-    ids, offsets = _left_pad(prompts + (negative_prompts if guided else []), pad_id, device)
+    ids, offsets = left_pad(prompts + (negative_prompts if guided else []), pad_id, device)
     prompt_len = ids.shape[1]
     cache = KVCache.for_model(model, ids.shape[0], prompt_len + max_new_tokens)
     cache.pad_offsets = offsets
-    generators = None
-    if seeds is not None and not sampling.is_greedy:
-        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    generators = seeded_generators(seeds, batch, sampling, device)
 
     logits = model.logits(model.hidden(ids, torch.arange(prompt_len, device=device), cache)[:, -1])
     out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)

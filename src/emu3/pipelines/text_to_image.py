@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from emu3.generation import ImageGrid, SamplingConfig, generate
+from emu3.generation import SamplingConfig
+from emu3.generation.engine import StepFn, generate_images
 from emu3.generation.loop import Progress
 from emu3.pipelines.loading import Emu3
 from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT, generation_prompt, grid_for_ratio, parse_image
@@ -44,6 +45,7 @@ def text_to_image(
     seed: int | None = None,
     num_images: int = 1,
     progress: Progress | None = None,
+    step_fn: StepFn | None = None,
 ) -> ImageResult:
     """Generate `num_images` images per prompt; all share one ratio and grid."""
     lm, tok = m.require_lm()
@@ -58,12 +60,10 @@ def text_to_image(
     negative = generation_prompt(tok, negative_prompt, (h, w), vocab=m.vocab)
     base = secrets.randbelow(2**31) if seed is None else seed
     seeds = [base + i for i in range(len(prompts))]
-    device = lm.lm_head.weight.device
-    grid = ImageGrid(torch.full((len(ids),), h, device=device), torch.full((len(ids),), w, device=device), m.vocab)
     start = time.perf_counter()
-    out = generate(
-        lm, ids, max_new_tokens=h * (w + 1) + 3, sampling=sampling, eos_id=m.vocab.eos, pad_id=m.vocab.pad,
-        negative_prompts=[negative] * len(ids), cfg_scale=cfg, grid=grid, seeds=seeds, progress=progress,
+    out = generate_images(
+        lm, ids, [(h, w)] * len(ids), vocab=m.vocab, sampling=sampling, negative_prompts=[negative] * len(ids),
+        cfg_scale=cfg, seeds=seeds, progress=progress, step_fn=step_fn,
     )
     grids = torch.stack([parse_image(o, m.vocab) for o in out])  # (B, h, w)
     images = m.decode_codes(grids)

@@ -1,0 +1,80 @@
+"""The fast image decode loop against the plain loop: same greedy tokens, same sampling distribution."""
+
+import pytest
+import torch
+
+from emu3.config import lm_preset
+from emu3.generation import ImageGrid, SamplingConfig, generate, guide
+from emu3.generation.engine import generate_images
+from emu3.model import Transformer
+from emu3.vocab import EMU3, Vocab
+
+GREEDY = SamplingConfig(greedy=True)
+VOCAB = Vocab(pad=0, eol=40, eof=41, bos=42, eos=43, img=44, boi=45, eoi=46, visual_base=47, codebook_size=16)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model = Transformer(lm_preset("tiny", vocab_size=VOCAB.size, pad_token_id=0, max_position_embeddings=256))
+    model.init_weights(std=0.3, generator=torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+def plain(model, prompts, grids, vocab, **kwargs):
+    grid = ImageGrid(torch.tensor([g[0] for g in grids]), torch.tensor([g[1] for g in grids]), vocab)
+    return generate(model, prompts, max_new_tokens=int(grid.num_tokens().max()), eos_id=vocab.eos,
+                    pad_id=vocab.pad, grid=grid, **kwargs)
+
+
+def test_golden_run_through_the_fast_loop(tiny, golden):
+    t2i = golden["t2i"]
+    out = generate_images(tiny.lm, [t2i["prompt_ids"]], [(8, 8)], vocab=EMU3, sampling=GREEDY,
+                          negative_prompts=[t2i["negative_ids"]], cfg_scale=3.0)
+    assert out[0] == t2i["output_ids"]
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_fast_greedy_equals_plain_greedy_with_mixed_grids(lm, cfg):
+    prompts = [[42, 3, 5, 45, 44], [42, 9, 45, 44], [42, 1, 2, 3, 4, 45, 44]]
+    grids = [(3, 4), (2, 2), (1, 5)]
+    negative = [[42, 45, 44]] * 3
+    fast = generate_images(lm, prompts, grids, vocab=VOCAB, sampling=GREEDY, negative_prompts=negative,
+                           cfg_scale=cfg)
+    assert fast == plain(lm, prompts, grids, VOCAB, sampling=GREEDY, negative_prompts=negative, cfg_scale=cfg)
+    assert [len(o) for o in fast] == [h * (w + 1) + 3 for h, w in grids]
+
+
+def test_fast_sampling_is_reproducible_per_seed(lm):
+    kwargs = dict(vocab=VOCAB, sampling=SamplingConfig(top_k=8), negative_prompts=[[42, 45, 44]] * 2,
+                  cfg_scale=2.0)
+    a = generate_images(lm, [[42, 1, 45, 44]] * 2, [(2, 3)] * 2, seeds=[5, 6], **kwargs)
+    b = generate_images(lm, [[42, 1, 45, 44]], [(2, 3)], seeds=[6], **{**kwargs, "negative_prompts": [[42, 45, 44]]})
+    assert a[1] == b[0] and a[0] != a[1]
+
+
+def test_fast_sampling_has_the_plain_distribution(lm):
+    """The first two visual tokens' marginals match the exact guided, masked distribution."""
+    n = 3000
+    prompt, negative, scale = [42, 7, 45, 44], [42, 45, 44], 2.0
+    out = generate_images(lm, [prompt] * n, [(1, 2)] * n, vocab=VOCAB, sampling=SamplingConfig(),
+                          negative_prompts=[negative] * n, cfg_scale=scale, seeds=list(range(n)))
+    codes = torch.tensor([o[:2] for o in out]) - VOCAB.visual_base  # (n, 2)
+
+    def next_probs(ctx):  # exact guided distribution over the 16 codes after `ctx`
+        with torch.no_grad():
+            cond, uncond = lm(torch.tensor([prompt + ctx]))[:, -1], lm(torch.tensor([negative + ctx]))[:, -1]
+        scores = guide(cond, uncond, scale)[0, VOCAB.visual_base:VOCAB.visual_end]
+        return scores.softmax(-1)
+
+    p1 = next_probs([])
+    p2 = sum(p1[c] * next_probs([VOCAB.visual_base + c]) for c in range(16))
+    for observed, expected in ((codes[:, 0], p1), (codes[:, 1], p2)):
+        freq = torch.bincount(observed, minlength=16).float() / n
+        # 4.5 standard errors per cell: a wrong distribution fails, sampling noise does not.
+        tol = 4.5 * (expected * (1 - expected) / n).sqrt() + 1e-3
+        assert ((freq - expected).abs() <= tol).all(), (freq, expected)
+
+
+def test_grid_count_must_match_prompts(lm):
+    with pytest.raises(ValueError, match="one grid per prompt"):
+        generate_images(lm, [[42, 45, 44]], [(1, 1), (2, 2)], vocab=VOCAB)

@@ -5,8 +5,12 @@ Two layouts are understood (spec section 9):
   index or not, tokenizer files) and a separate vision-tokenizer folder (model_type "Emu3VisionVQ");
 - transformers "-hf": one folder whose `config.json` has `text_config` + `vq_config` and whose
   tensors use the `text_model.*` / `vqmodel.*` names (mapped through `emu3.keymap`).
-Models are built on the meta device and their tensors assigned from safetensors: nothing is ever
-unpickled, nothing is allocated twice. Every failure names the file and the problem.
+Emu3.5 (emu35_spec section 1) ships an LM folder of the original layout (model_type "Emu3" too)
+and an IBQ vision-tokenizer folder (`config.yaml` + `model.ckpt`, a torch pickle of tensors);
+`detect_family` tells the two families apart from the files alone.
+Models are built on the meta device and their tensors assigned: safetensors are read directly and
+`model.ckpt` only with `torch.load(weights_only=True)`, which refuses anything but tensors and plain
+containers. Nothing is allocated twice. Every failure names the file and the problem.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from emu3.config import LMConfig, VQConfig
+from emu3.config import IBQConfig, LMConfig, VQConfig
 from emu3.model.transformer import Transformer
+from emu3.vocab import EMU3, EMU35
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 PREPROCESSOR = "preprocessor_config.json"
 VQ_MODEL_TYPE = "Emu3VisionVQ"
+IBQ_CONFIG = "config.yaml"
+IBQ_WEIGHTS = "model.ckpt"
+EMU3_FAMILY, EMU35_FAMILY = "emu3", "emu3.5"
 
 
 class CheckpointError(ValueError):
@@ -240,3 +248,95 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
     processor_file = folder / PREPROCESSOR
     processor = ImageProcessor.from_file(processor_file) if processor_file.is_file() else ImageProcessor()
     return model.eval(), processor
+
+
+def is_ibq_folder(folder: Path) -> bool:
+    return (folder / IBQ_CONFIG).is_file() and (folder / IBQ_WEIGHTS).is_file()
+
+
+def detect_family(path: str | os.PathLike) -> str:
+    """"emu3" or "emu3.5" for an LM or vision-tokenizer folder, from its files alone.
+
+    An IBQ folder is Emu3.5's; a -hf folder or a MoVQ folder is Emu3's. Both families' LM folders
+    say model_type "Emu3": the vocabulary size decides (184622 vs 282926), and for any other size
+    the presence of the per-head q/k norms that only Emu3.5 has (read from the weight headers).
+    """
+    folder = resolve(path)
+    if is_ibq_folder(folder):
+        return EMU35_FAMILY
+    config = read_config(folder)
+    if is_hf_format(config) or config.get("model_type") == VQ_MODEL_TYPE:
+        return EMU3_FAMILY
+    sizes = {EMU3.size: EMU3_FAMILY, EMU35.size: EMU35_FAMILY}
+    if config.get("vocab_size") in sizes:
+        return sizes[config["vocab_size"]]
+    for path_ in weight_files(folder):
+        try:
+            with safe_open(str(path_), framework="pt") as f:
+                if any(k.endswith("self_attn.q_norm.weight") for k in f.keys()):
+                    return EMU35_FAMILY
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read {path_}: {exc}") from exc
+    return EMU3_FAMILY
+
+
+def read_ibq_config(folder: Path) -> IBQConfig:
+    """The IBQConfig of an official `config.yaml` (parsed with PyYAML's safe loader)."""
+    import yaml
+
+    path = folder / IBQ_CONFIG
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return IBQConfig.from_official(data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def read_ibq_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The model tensors of an official `model.ckpt` (`{"state_dict": ...}` or a bare dict).
+
+    Only `torch.load(weights_only=True)` touches the file. Keys of the training losses
+    (`loss.*`: discriminator, LPIPS) are dropped; every other key must fit the model.
+    """
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a checkpoint of plain tensors (loaded with weights_only=True): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
+    return {k: t for k, t in state.items() if not k.startswith("loss.")}
+
+
+def load_ibq(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The Emu3.5 IBQ vision tokenizer of a folder holding `config.yaml` + `model.ckpt`, in eval mode."""
+    from emu3.vision.ibq import IBQ
+
+    folder = resolve(path)
+    if not (folder / IBQ_CONFIG).is_file():
+        raise CheckpointError(f"{folder} is not an Emu3.5 vision tokenizer: {IBQ_CONFIG} is missing")
+    cfg = read_ibq_config(folder)
+    tensors = read_ibq_tensors(folder / IBQ_WEIGHTS)
+    with torch.device("meta"):
+        model = IBQ(cfg)
+    assign_state_dict(model, tensors, str(folder / IBQ_WEIGHTS), dtype, device)
+    return model.eval()
+
+
+def find_ibq(lm_folder: Path) -> Path:
+    """The IBQ vision tokenizer beside an Emu3.5 LM folder (a sibling with config.yaml + model.ckpt)."""
+    for sibling in sorted(lm_folder.parent.iterdir()):
+        if sibling.is_dir() and is_ibq_folder(sibling):
+            return sibling
+    raise CheckpointError(f"no Emu3.5 vision tokenizer (a folder with {IBQ_CONFIG} and {IBQ_WEIGHTS}) found next "
+                          f"to {lm_folder}; pass its folder explicitly (--vision-tokenizer DIR)")

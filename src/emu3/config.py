@@ -1,7 +1,9 @@
-"""Typed configurations for the Emu3 language model and vision tokenizer.
+"""Typed configurations for the Emu3-family language models and vision tokenizers.
 
-`LMConfig` and `VQConfig` are frozen dataclasses with named presets ("emu3-8b", "tiny", ...).
-`from_official` reads an official `config.json` (original "Emu3" or transformers "-hf" layouts);
+`LMConfig` (Emu3 and Emu3.5 LMs), `VQConfig` (Emu3's MoVQ tokenizer) and `IBQConfig` (Emu3.5's IBQ
+tokenizer) are frozen dataclasses with named presets ("emu3-8b", "emu3.5-34b", "emu3.5-ibq", "tiny", ...).
+`from_official` reads an official config (`config.json` in the original "Emu3" or transformers "-hf"
+layouts; IBQ's `config.yaml` once parsed into a dict);
 our own dictionaries go through `from_dict`, which rejects unknown keys. Loading weights and finding
 files are `checkpoint.py`'s job, not this module's.
 """
@@ -169,6 +171,86 @@ class VQConfig:
         return cls(**out)
 
 
+@dataclass(frozen=True)
+class IBQConfig:
+    """The Emu3.5 vision tokenizer (IBQ: a 2-D taming-VQGAN autoencoder with a dot-product codebook).
+
+    `attn_resolutions` are feature-map sizes relative to the nominal input `resolution`: a level
+    whose size `resolution / 2**level` is listed gets attention blocks, whatever the real input size.
+    """
+
+    codebook_size: int = 131072
+    embed_dim: int = 256
+    z_channels: int = 256
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 256
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16,)
+    resolution: int = 256
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        if self.ch % 32:
+            raise ValueError(f"ch {self.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
+        if not self.ch_mult:
+            raise ValueError("ch_mult must name at least one level")
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def level_has_attention(self, level: int) -> bool:
+        return self.resolution // 2**level in self.attn_resolutions
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IBQConfig":
+        _reject_unknown(cls, data)
+        return cls(**data)
+
+    @classmethod
+    def from_official(cls, data: dict[str, Any]) -> "IBQConfig":
+        """From the official `config.yaml`: the `IBQ(ddconfig, n_embed, embed_dim, ...)` arguments."""
+        if not isinstance(data, dict) or not isinstance(data.get("ddconfig"), dict):
+            raise ValueError("an IBQ config needs a `ddconfig` mapping (the official config.yaml layout)")
+        dd = dict(data["ddconfig"])
+        if dd.pop("double_z", False):
+            raise ValueError("double_z is not supported (the IBQ encoder output feeds quant_conv directly)")
+        renames = {"out_ch": "out_channels"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        out: dict[str, Any] = {}
+        unknown = []
+        for key, value in dd.items():
+            key = renames.get(key, key)
+            if key in names:
+                out[key] = value
+            else:
+                unknown.append(f"ddconfig.{key}")
+        for key, value in data.items():
+            if key == "n_embed":
+                out["codebook_size"] = value
+            elif key == "embed_dim":
+                out["embed_dim"] = value
+            elif key not in _IBQ_TRAINING_KEYS and key != "ddconfig":
+                unknown.append(key)
+        if data.get("l2_normalize"):
+            raise ValueError("l2_normalize is not supported (the released quantizer uses the plain dot product)")
+        if unknown:
+            warnings.warn(f"ignoring unknown IBQ config keys {sorted(unknown)}", stacklevel=2)
+        return cls(**out)
+
+
+# Arguments of the official IBQ constructor that only shape the training losses.
+_IBQ_TRAINING_KEYS = frozenset(
+    {"beta", "use_entropy_loss", "cosine_similarity", "entropy_temperature", "sample_minimization_weight",
+     "batch_maximization_weight", "l2_normalize", "lossconfig", "ckpt_path", "ignore_keys", "image_key",
+     "monitor", "learning_rate"}
+)
+
+
 LM_PRESETS: dict[str, LMConfig] = {
     "emu3-8b": LMConfig(),
     "emu3-8b-chat": LMConfig(max_position_embeddings=131072, image_area=262144),
@@ -177,11 +259,25 @@ LM_PRESETS: dict[str, LMConfig] = {
                      max_position_embeddings=1024, dropout=0.0, image_area=4096),
     "small": LMConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=2,
                       max_position_embeddings=4096, dropout=0.0, image_area=16384),
+    # Emu3.5 (34.1B; Emu3.5 and Emu3.5-Image share it): Qwen3-32B shapes, q/k norms, head_dim 128 with
+    # a query width (8192) wider than the hidden size. eps and context follow Qwen3 and the paper.
+    "emu3.5-34b": LMConfig(vocab_size=282926, hidden_size=5120, intermediate_size=25600, num_layers=64,
+                           num_heads=64, num_kv_heads=8, head_dim=128, qk_norm=True, rms_norm_eps=1e-6,
+                           max_position_embeddings=32768, image_area=1048576),
+    "emu3.5-tiny": LMConfig(vocab_size=282926, hidden_size=32, intermediate_size=96, num_layers=2, num_heads=2,
+                            num_kv_heads=1, head_dim=32, qk_norm=True, rms_norm_eps=1e-6,
+                            max_position_embeddings=4096, dropout=0.0, image_area=16384),
 }
 
 VQ_PRESETS: dict[str, VQConfig] = {
     "emu3-vq": VQConfig(),
     "tiny": VQConfig(ch=32, num_res_blocks=1),
+}
+
+IBQ_PRESETS: dict[str, IBQConfig] = {
+    # BAAI/Emu3.5-VisionTokenizer: 16x downsampling, 131072 codes of dimension 256 (455M parameters).
+    "emu3.5-ibq": IBQConfig(),
+    "tiny": IBQConfig(ch=32, num_res_blocks=1, attn_resolutions=(4,), resolution=64, z_channels=8, embed_dim=8),
 }
 
 
@@ -206,4 +302,12 @@ def vq_preset(name: str, **overrides: Any) -> VQConfig:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["LMConfig", "VQConfig", "LM_PRESETS", "VQ_PRESETS", "lm_preset", "vq_preset"]
+def ibq_preset(name: str, **overrides: Any) -> IBQConfig:
+    """A named Emu3.5 vision-tokenizer (IBQ) preset, optionally with some fields replaced."""
+    base = _preset(IBQ_PRESETS, name, "IBQ vision-tokenizer")
+    _reject_unknown(IBQConfig, overrides)
+    return dataclasses.replace(base, **overrides)
+
+
+__all__ = ["LMConfig", "VQConfig", "IBQConfig", "LM_PRESETS", "VQ_PRESETS", "IBQ_PRESETS", "lm_preset",
+           "vq_preset", "ibq_preset"]

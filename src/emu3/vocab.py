@@ -2,7 +2,8 @@
 
 Everything here is plain integers: no tokenizer files are read. The layout (spec section 4) is
 151643 BPE ranks, then `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, `<|extra_0..204|>`, the three
-image markers and the 32768 visual tokens `<|visual token cccccc|>` at `VISUAL_BASE + c`.
+image markers and the visual tokens `<|visual token cccccc|>` at `VISUAL_BASE + c`: 32768 for Emu3
+(`EMU3`), 131072 for Emu3.5 (`EMU35`, whose extra markers are `EMU35_MARKERS`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Vocab:
 
 
 EMU3 = Vocab()
+# Emu3.5: the same control ids, 131072 IBQ codes (vocabulary 282926); eof exists but is never used.
+EMU35 = Vocab(codebook_size=131072)
 
 
 def extra_token_id(k: int) -> int:
@@ -57,3 +60,18 @@ def extra_token_id(k: int) -> int:
     if not 0 <= k <= 204:
         raise ValueError(f"<|extra_{k}|> does not exist (k must be in 0..204)")
     return SPECIAL_START + 3 + k
+
+
+@dataclass(frozen=True)
+class Emu35Markers:
+    """Emu3.5's response and chain-of-thought markers (spec 2.2); all are `<|extra_k|>` tokens."""
+
+    bss: int = extra_token_id(100)  # start of the assistant response (ends every prompt)
+    ess: int = extra_token_id(101)  # end of the response, followed by eos
+    bog: int = extra_token_id(60)  # global chain of thought ...
+    eog: int = extra_token_id(61)
+    boc: int = extra_token_id(50)  # image-level chain of thought, before an image ...
+    eoc: int = extra_token_id(51)
+
+
+EMU35_MARKERS = Emu35Markers()

@@ -25,8 +25,17 @@ def test_generate_reproduces_the_golden_image(capsys, tmp_path, emu3_fixture, go
                             "--image-area", "4096", "--ratio", "1:1", "--cfg", "3.0", "-o", str(tmp_path / "a.png")])
     assert out["token_ids"] == [t2i["output_ids"]]
     assert out["grid"] == [8, 8] and out["images"] == [str(tmp_path / "a.png")] and out["seconds"] > 0
+    assert out["forwards"] == 75
     image = np.asarray(Image.open(tmp_path / "a.png")).astype(int)
     assert np.abs(image - golden_tensors["t2i_image"].numpy()).max() <= 1
+
+
+def test_generate_speculative_greedy_is_the_golden_image(capsys, tmp_path, emu3_fixture, golden):
+    t2i = golden["t2i"]
+    out = run_json(capsys, ["generate", t2i["prompt"], "--model", str(emu3_fixture / "Emu3-tiny"), "--greedy",
+                            "--positive-prompt", "", "--negative-prompt", t2i["negative_prompt"],
+                            "--speculative", "8", "-o", str(tmp_path / "s.png")])
+    assert out["token_ids"] == [t2i["output_ids"]] and out["forwards"] < 75
 
 
 def test_generate_batch_with_seed(capsys, tmp_path, emu3_fixture):
@@ -73,6 +82,8 @@ def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--batch", "0", "-o", "{tmp}/o.png"], "--batch"),
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--image-area", "100000000", "-o", "{tmp}/o.png"],
      "exceeds the model's context"),
+    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--speculative", "-1", "-o", "{tmp}/o.png"],
+     "--speculative"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--image", "{tmp}/missing.png"], "missing.png"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--dtype", "int3"], "unknown dtype"),
     (["reconstruct", "{fixture}/input.png", "-o", "{tmp}/r.png"], "--vision-tokenizer"),

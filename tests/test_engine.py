@@ -1,4 +1,4 @@
-"""The fast image decode loop against the plain loop: same greedy tokens, same sampling distribution."""
+"""The fast and speculative image loops against the plain loop: same greedy tokens, same distribution."""
 
 import pytest
 import torch
@@ -26,22 +26,39 @@ def plain(model, prompts, grids, vocab, **kwargs):
                     pad_id=vocab.pad, grid=grid, **kwargs)
 
 
-def test_golden_run_through_the_fast_loop(tiny, golden):
+@pytest.mark.parametrize("draft_len", [0, 1, 4, 16])
+def test_golden_run_through_the_fast_loops(tiny, golden, draft_len):
     t2i = golden["t2i"]
+    stats = {}
     out = generate_images(tiny.lm, [t2i["prompt_ids"]], [(8, 8)], vocab=EMU3, sampling=GREEDY,
-                          negative_prompts=[t2i["negative_ids"]], cfg_scale=3.0)
+                          negative_prompts=[t2i["negative_ids"]], cfg_scale=3.0, draft_len=draft_len, stats=stats)
     assert out[0] == t2i["output_ids"]
+    assert stats["tokens"] == 75 and stats["forwards"] <= 76
 
 
+@pytest.mark.parametrize("draft_len", [0, 1, 3, 8])
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_fast_greedy_equals_plain_greedy_with_mixed_grids(lm, cfg):
+def test_fast_greedy_equals_plain_greedy_with_mixed_grids(lm, cfg, draft_len):
     prompts = [[42, 3, 5, 45, 44], [42, 9, 45, 44], [42, 1, 2, 3, 4, 45, 44]]
     grids = [(3, 4), (2, 2), (1, 5)]
     negative = [[42, 45, 44]] * 3
     fast = generate_images(lm, prompts, grids, vocab=VOCAB, sampling=GREEDY, negative_prompts=negative,
-                           cfg_scale=cfg)
+                           cfg_scale=cfg, draft_len=draft_len)
     assert fast == plain(lm, prompts, grids, VOCAB, sampling=GREEDY, negative_prompts=negative, cfg_scale=cfg)
     assert [len(o) for o in fast] == [h * (w + 1) + 3 for h, w in grids]
+
+
+def test_jacobi_needs_fewer_forwards_when_the_model_is_predictable():
+    """All embeddings equal: every position predicts the same code, so the Jacobi drafts are right."""
+    model = Transformer(lm_preset("tiny", vocab_size=VOCAB.size, pad_token_id=0, max_position_embeddings=256))
+    model.init_weights(std=0.3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:] = model.model.embed_tokens.weight[1]
+    stats = {}
+    out = generate_images(model.eval(), [[42, 45, 44]], [(4, 8)], vocab=VOCAB, sampling=GREEDY, draft_len=8,
+                          stats=stats)
+    assert out == plain(model, [[42, 45, 44]], [(4, 8)], VOCAB, sampling=GREEDY)
+    assert stats["forwards"] * 4 <= stats["tokens"]
 
 
 def test_fast_sampling_is_reproducible_per_seed(lm):
@@ -52,12 +69,14 @@ def test_fast_sampling_is_reproducible_per_seed(lm):
     assert a[1] == b[0] and a[0] != a[1]
 
 
-def test_fast_sampling_has_the_plain_distribution(lm):
+@pytest.mark.parametrize("draft_len", [0, 3])
+def test_fast_sampling_has_the_plain_distribution(lm, draft_len):
     """The first two visual tokens' marginals match the exact guided, masked distribution."""
     n = 3000
     prompt, negative, scale = [42, 7, 45, 44], [42, 45, 44], 2.0
     out = generate_images(lm, [prompt] * n, [(1, 2)] * n, vocab=VOCAB, sampling=SamplingConfig(),
-                          negative_prompts=[negative] * n, cfg_scale=scale, seeds=list(range(n)))
+                          negative_prompts=[negative] * n, cfg_scale=scale, seeds=list(range(n)),
+                          draft_len=draft_len)
     codes = torch.tensor([o[:2] for o in out]) - VOCAB.visual_base  # (n, 2)
 
     def next_probs(ctx):  # exact guided distribution over the 16 codes after `ctx`

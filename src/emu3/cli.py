@@ -1,7 +1,8 @@
 """The `emu3` command: subcommands that parse arguments and call the pipelines.
 
 `emu3 generate` (text to image), `emu3 chat` (questions about images), `emu3 reconstruct` (through
-the vision tokenizer). Device and dtype are resolved here once. `--json` prints one JSON object on
+the vision tokenizer), `emu3 serve` (the HTTP API and web page; its arguments live in
+emu3.serve.cli). Device and dtype are resolved here once. `--json` prints one JSON object on
 stdout; progress goes to stderr. Expected failures (bad files, bad values) exit with status 2 and a
 one-line message instead of a traceback.
 """
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--positive-prompt", default=POSITIVE_PROMPT, help="suffix appended to the prompt")
     gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT, help="unconditional context for guidance")
     gen.add_argument("--batch", type=int, default=1, help="number of images")
+    gen.add_argument("--speculative", type=int, default=0, metavar="N",
+                     help="speculative Jacobi decoding with N draft tokens per forward (0: off)")
     _add_sampling(gen, top_k=2048, greedy_default=False)
     gen.set_defaults(run=cmd_generate)
 
@@ -122,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rec, lm=False)
     rec.add_argument("-o", "--output", required=True, help="output image, GIF/WebP, or folder for frames")
     rec.set_defaults(run=cmd_reconstruct)
+
+    from emu3.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
+
+    from emu3.train.cli import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
     return parser
 
 
@@ -147,12 +158,14 @@ def cmd_generate(args: argparse.Namespace) -> dict:
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.speculative < 0:
+        raise ValueError(f"--speculative must be >= 0, got {args.speculative}")
     m = _load(args)
     bar = ProgressBar("generate", not args.quiet)
     result = text_to_image(
         m, args.prompt, ratio=args.ratio, image_area=args.image_area, cfg=args.cfg,
         positive_prompt=args.positive_prompt, negative_prompt=args.negative_prompt, sampling=_sampling(args),
-        seed=args.seed, num_images=args.batch, progress=bar,
+        seed=args.seed, num_images=args.batch, progress=bar, draft_len=args.speculative,
     )
     bar.close()
     paths = _output_paths(args.output, len(result.images))
@@ -162,7 +175,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     if not args.json:
         print("\n".join(str(p) for p in paths))
     return {"images": [str(p) for p in paths], "token_ids": result.token_ids, "grid": list(result.grid),
-            "seeds": result.seeds, "seconds": round(result.seconds, 3)}
+            "seeds": result.seeds, "seconds": round(result.seconds, 3), "forwards": result.forwards}
 
 
 def cmd_chat(args: argparse.Namespace) -> dict:

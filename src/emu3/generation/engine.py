@@ -6,11 +6,13 @@ hidden state by the visual slice of `lm_head` only (32768 of 184622 rows for Emu
 head entirely at forced positions. Guidance and sampling on the slice give the same distribution as
 on the full masked vocabulary: log-softmax over a subset differs from the full one by a per-row
 constant, which softmax, top-k, top-p and argmax ignore. Grids are known on the host, so the loop
-never waits on the device to decide what to do; the decode step can be compiled.
+never waits on the device to decide what to do; the decode step can be compiled. With
+`draft_len > 0` the speculative Jacobi loop (`speculative.py`) runs instead, on the same setup.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,6 +33,72 @@ def compiled_step(model: Transformer) -> StepFn:
     return torch.compile(model.hidden, mode=mode, dynamic=False, fullgraph=False)
 
 
+@dataclass
+class ImageBatch:
+    """What both image loops share: padded prompts in a cache, the grids, generators, the visual head."""
+
+    model: Transformer
+    vocab: Vocab
+    sampling: SamplingConfig
+    batch: int
+    guided: bool
+    cfg_scale: float
+    ids: torch.Tensor  # (R, L) left-padded prompts; R = 2B with guidance
+    cache: KVCache
+    grid: ImageGrid  # on the host
+    lengths: list[int]  # tokens to generate per row
+    generators: list[torch.Generator] | None
+    visual_head: torch.Tensor  # (codebook, C), a view of lm_head.weight
+
+    @classmethod
+    def prepare(cls, model: Transformer, prompts: list[list[int]], grids: list[tuple[int, int]], *, vocab: Vocab,
+                sampling: SamplingConfig, negative_prompts: list[list[int]] | None, cfg_scale: float,
+                seeds: list[int] | None, extra_slots: int = 0) -> "ImageBatch":
+        batch = len(prompts)
+        if batch == 0 or len(grids) != batch:
+            raise ValueError(f"need one grid per prompt, got {len(grids)} grids for {batch} prompts")
+        guided = negative_prompts is not None and cfg_scale != 1.0
+        if guided and len(negative_prompts) != batch:
+            raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts")
+        device = model.lm_head.weight.device
+        ids, offsets = left_pad(prompts + (negative_prompts if guided else []), vocab.pad, device)
+        grid = ImageGrid(torch.tensor([g[0] for g in grids]), torch.tensor([g[1] for g in grids]), vocab)
+        lengths = grid.num_tokens().tolist()
+        cache = KVCache.for_model(model, ids.shape[0], ids.shape[1] + max(lengths) + extra_slots)
+        cache.pad_offsets = offsets
+        return cls(model, vocab, sampling, batch, guided, cfg_scale, ids, cache, grid, lengths,
+                   seeded_generators(seeds, batch, sampling, device), model.lm_head.weight[vocab.visual_base:vocab.visual_end])
+
+    @property
+    def device(self) -> torch.device:
+        return self.ids.device
+
+    @property
+    def prompt_len(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def total(self) -> int:
+        return max(self.lengths)
+
+    def forced(self, first_offset: int, count: int = 1) -> torch.Tensor:
+        """Forced ids (B, count) for offsets first_offset.. on the host; -1 where a visual token is free."""
+        offsets = torch.arange(first_offset, first_offset + count)
+        return torch.stack([self.grid.forced(torch.full((self.batch,), o)) for o in offsets.tolist()], 1)
+
+    def visual_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Guided scores over the visual codes (B, ..., codebook) from hidden states (R, ..., C)."""
+        scores = F.linear(hidden, self.visual_head).float()
+        return guide(scores[: self.batch], scores[self.batch:], self.cfg_scale) if self.guided else scores
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model rows' input for the batch's chosen tokens: the uncond rows follow the cond rows."""
+        return torch.cat([tokens, tokens]) if self.guided else tokens
+
+    def trim(self, out: torch.Tensor) -> list[list[int]]:
+        return [row[:n] for row, n in zip(out.tolist(), self.lengths)]
+
+
 @torch.inference_mode()
 def generate_images(
     model: Transformer,
@@ -44,48 +112,39 @@ def generate_images(
     seeds: list[int] | None = None,
     progress: Progress | None = None,
     step_fn: StepFn | None = None,
+    draft_len: int = 0,
+    stats: dict | None = None,
 ) -> list[list[int]]:
     """Image tokens `[v * w, eol] * h, eof, eoi, eos` after each prompt, one (h, w) grid per prompt.
 
     Prompts must end with `<|image token|>` (see `prompting.generation_prompt`); rows of a batch
-    may have different grids. Returns each row's ids up to and including eos.
+    may have different grids. Returns each row's ids up to and including eos. `draft_len` > 0
+    decodes with speculative Jacobi decoding, `draft_len` tokens per forward; `stats`, if given,
+    receives the number of forwards and of generated tokens.
     """
-    batch = len(prompts)
-    if batch == 0 or len(grids) != batch:
-        raise ValueError(f"need one grid per prompt, got {len(grids)} grids for {batch} prompts")
-    guided = negative_prompts is not None and cfg_scale != 1.0
-    if guided and len(negative_prompts) != batch:
-        raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts")
-    device = model.lm_head.weight.device
-    ids, offsets = left_pad(prompts + (negative_prompts if guided else []), vocab.pad, device)
-    prompt_len = ids.shape[1]
-    host_grid = ImageGrid(torch.tensor([g[0] for g in grids]), torch.tensor([g[1] for g in grids]), vocab)
-    lengths = host_grid.num_tokens().tolist()
-    total = max(lengths)
-    cache = KVCache.for_model(model, ids.shape[0], prompt_len + total)
-    cache.pad_offsets = offsets
-    generators = seeded_generators(seeds, batch, sampling, device)
-    visual_head = model.lm_head.weight[vocab.visual_base:vocab.visual_end]  # (codebook, C): a view
-    step = step_fn or model.hidden
+    b = ImageBatch.prepare(model, prompts, grids, vocab=vocab, sampling=sampling, negative_prompts=negative_prompts,
+                           cfg_scale=cfg_scale, seeds=seeds, extra_slots=draft_len)
+    if draft_len > 0:
+        from emu3.generation.speculative import speculative_jacobi
 
-    hidden = model.hidden(ids, torch.arange(prompt_len, device=device), cache)[:, -1]  # (R, C)
-    out = torch.empty(batch, total, dtype=torch.long, device=device)
-    for i in range(total):
-        forced = host_grid.forced(torch.full((batch,), i + 1))  # (B,) on the host: -1 where free
-        forced_dev = forced.to(device, non_blocking=True)
+        return speculative_jacobi(b, draft_len, progress=progress, step_fn=step_fn, stats=stats)
+    step = step_fn or model.hidden
+    hidden = model.hidden(b.ids, torch.arange(b.prompt_len, device=b.device), b.cache)[:, -1]  # (R, C)
+    out = torch.empty(b.batch, b.total, dtype=torch.long, device=b.device)
+    for i in range(b.total):
+        forced = b.forced(i + 1)[:, 0]  # (B,) on the host
+        forced_dev = forced.to(b.device, non_blocking=True)
         if bool((forced >= 0).all()):
             token = forced_dev
         else:
-            scores = F.linear(hidden, visual_head).float()  # (R, codebook)
-            scores = guide(scores[:batch], scores[batch:], cfg_scale) if guided else scores
-            token = sample(scores, sampling, generators) + vocab.visual_base
+            token = sample(b.visual_scores(hidden), sampling, b.generators) + vocab.visual_base
             token = torch.where(forced_dev >= 0, forced_dev, token)
         out[:, i] = token
         if progress is not None:
-            progress(i + 1, total)
-        if i + 1 < total:
-            feed = torch.cat([token, token]) if guided else token
-            pos = torch.full((1,), prompt_len + i, dtype=torch.long, device=device)
-            hidden = step(feed[:, None], pos, cache)[:, -1]
-    rows = out.tolist()
-    return [row[:n] for row, n in zip(rows, lengths)]
+            progress(i + 1, b.total)
+        if i + 1 < b.total:
+            pos = torch.full((1,), b.prompt_len + i, dtype=torch.long, device=b.device)
+            hidden = step(b.feed(token)[:, None], pos, b.cache)[:, -1]
+    if stats is not None:
+        stats.update(forwards=b.total, tokens=b.total)
+    return b.trim(out)

@@ -30,6 +30,7 @@ class ImageResult:
     grid: tuple[int, int]
     seeds: list[int]
     seconds: float
+    forwards: int  # model forwards for the whole batch (fewer than tokens with speculative decoding)
 
 
 def text_to_image(
@@ -46,8 +47,12 @@ def text_to_image(
     num_images: int = 1,
     progress: Progress | None = None,
     step_fn: StepFn | None = None,
+    draft_len: int = 0,
 ) -> ImageResult:
-    """Generate `num_images` images per prompt; all share one ratio and grid."""
+    """Generate `num_images` images per prompt; all share one ratio and grid.
+
+    `draft_len` > 0 turns on speculative Jacobi decoding with that many draft tokens per forward.
+    """
     lm, tok = m.require_lm()
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or num_images < 1:
@@ -60,11 +65,11 @@ def text_to_image(
     negative = generation_prompt(tok, negative_prompt, (h, w), vocab=m.vocab)
     base = secrets.randbelow(2**31) if seed is None else seed
     seeds = [base + i for i in range(len(prompts))]
-    start = time.perf_counter()
+    start, stats = time.perf_counter(), {}
     out = generate_images(
         lm, ids, [(h, w)] * len(ids), vocab=m.vocab, sampling=sampling, negative_prompts=[negative] * len(ids),
-        cfg_scale=cfg, seeds=seeds, progress=progress, step_fn=step_fn,
+        cfg_scale=cfg, seeds=seeds, progress=progress, step_fn=step_fn, draft_len=draft_len, stats=stats,
     )
     grids = torch.stack([parse_image(o, m.vocab) for o in out])  # (B, h, w)
     images = m.decode_codes(grids)
-    return ImageResult(images, out, (h, w), seeds, time.perf_counter() - start)
+    return ImageResult(images, out, (h, w), seeds, time.perf_counter() - start, stats["forwards"])

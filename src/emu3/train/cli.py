@@ -1,0 +1,108 @@
+"""Argument parsing for `emu3 prepare`, `emu3 train` and `emu3 train-vq`.
+
+Flags are generated from the config dataclasses (`--micro-batch-size` for `micro_batch_size`, with
+each field's help), so a recipe file and the command line name settings the same way. Only flags
+that are given override the recipe (`--config FILE`, TOML or JSON), which overrides the defaults.
+Under torchrun every process runs the command; only rank 0 prints. Heavy imports happen inside
+the commands, so `emu3 --help` stays fast. `emu3.cli` registers these through `add_parsers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from typing import Any
+
+from emu3.train.config import PrepareConfig, SFTConfig, VQTrainConfig, load_config
+
+_NOT_FLAGS = {"command", "run", "config", "json"}
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, help_text = hints[f.name], f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in positional:
+            parser.add_argument(f.name, help=help_text)
+            continue
+        names = [f"--{f.name.replace('_', '-')}"] + (["-o"] if f.name == "output" else [])
+        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{help_text} (default: {default})"}
+        if kind is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(*names, nargs=len(typing.get_args(kind)), type=typing.get_args(kind)[0],
+                                metavar="X", **common)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(*names, nargs="+", action="extend", metavar="VALUE", **common)
+        else:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+            parser.add_argument(*names, type=base, metavar=f.name.split("_")[-1].upper(), **common)
+
+
+def _config(cls: type, args: argparse.Namespace) -> Any:
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_FLAGS}
+    return load_config(cls, getattr(args, "config", None), flags)
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _report(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> dict[str, Any]:
+    if not _is_main():
+        args.json = False  # one JSON document per run, from rank 0
+        return {}
+    if not args.json:
+        print("\n".join(lines))
+    return summary
+
+
+def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
+    from emu3.cli import resolve_device
+    from emu3.train.prepare import prepare
+
+    cfg = _config(PrepareConfig, args)
+    summary = prepare(cfg, resolve_device(cfg.device))
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary["skipped_by_reason"].items())) or "none"
+    lines = [f"{cfg.output}: {summary['examples']} examples from {summary['records']} records, "
+             f"{summary['tokens']} tokens ({summary['loss_tokens']} supervised); tasks {summary['tasks']}",
+             f"skipped {summary['skipped']} records: {reasons}; shards written {summary['shards_written']}, "
+             f"reused {summary['shards_reused']}"]
+    lines += [f"  line {s['line']}: {s['reason']}: {s['message']}" for s in summary["skipped_records"][:20]]
+    return _report(args, summary, lines)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from emu3.train.sft import train_lm
+
+    summary = train_lm(_config(SFTConfig, args))
+    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {summary.get('loss', float('nan')):.4f}; "
+                                   f"model exported to {summary.get('export')}"])
+
+
+def cmd_train_vq(args: argparse.Namespace) -> dict[str, Any]:
+    from emu3.train.vq import train_vq
+
+    summary = train_vq(_config(VQTrainConfig, args))
+    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {summary.get('loss', float('nan')):.4f}, "
+                                   f"PSNR {summary.get('psnr', float('nan')):.2f} dB; saved to {summary.get('export')}"])
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the training subcommands on the `emu3` parser's subparsers."""
+    specs = [
+        ("prepare", "tokenize a JSONL manifest into training shards", PrepareConfig, cmd_prepare, ("manifest",)),
+        ("train", "fine-tune (or train from scratch) the language model", SFTConfig, cmd_train, ()),
+        ("train-vq", "train or fine-tune the vision tokenizer", VQTrainConfig, cmd_train_vq, ()),
+    ]
+    for name, help_text, cls, run, positional in specs:
+        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or "").strip())
+        if cls is not PrepareConfig:
+            p.add_argument("--config", help="recipe file (TOML or JSON) with any of the settings below")
+        _add_fields(p, cls, positional)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.set_defaults(run=run)
+

@@ -1,0 +1,223 @@
+"""Typed configurations of the training commands, read from defaults, a recipe file and flags.
+
+`LoopConfig` holds what every training run shares (optimizer, schedule, batch, checkpoints, logging);
+`SFTConfig` (language-model fine-tuning) and `VQTrainConfig` (vision tokenizer) extend it. The LM
+defaults are the official Emu3 recipe (spec section 8.4): AdamW lr 1e-5 with 30 warmup steps and a
+cosine decay to 1e-6, weight decay 0.1, betas (0.9, 0.95), eps 1e-6, clipping at 5.0, micro-batch 2 x
+4 accumulation steps, 4 epochs, caption dropout 0.05, gradient checkpointing.
+
+`load_config(cls, file, overrides)` layers dataclass defaults < a TOML/JSON recipe < explicit flags.
+Unknown keys raise, naming them. Each field's `help` metadata is also its command-line help. This
+module does not parse argv (see `train/cli.py`) and does not touch models or files beyond the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its command-line help."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class LoopConfig:
+    """What every training run shares."""
+
+    output: str = opt("", "output folder: checkpoints, logs and the exported model")
+    lr: float = opt(1e-5, "peak learning rate")
+    min_lr: float = opt(1e-6, "learning rate at the end of the cosine decay")
+    warmup_steps: int = opt(30, "linear warmup steps (from 0)")
+    weight_decay: float = opt(0.1, "AdamW weight decay (matrices only; norms and biases get none)")
+    betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
+    eps: float = opt(1e-6, "AdamW epsilon")
+    max_grad_norm: float = opt(5.0, "clip the global gradient norm to this (0: no clipping)")
+    micro_batch_size: int = opt(2, "examples per forward pass on each process")
+    grad_accum: int = opt(4, "micro-batches accumulated per optimizer step")
+    epochs: int = opt(4, "passes over the data (ignored when max_steps > 0)")
+    max_steps: int = opt(0, "optimizer steps to run (0: epochs x steps per epoch)")
+    save_every: int = opt(500, "write a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = opt(10, "checkpoints kept on disk (the oldest are deleted)")
+    log_every: int = opt(1, "write a log line every N steps")
+    seed: int = opt(0, "seed for initialisation, data order, caption dropout and dropout")
+    resume: bool = opt(False, "continue from the latest checkpoint in --output")
+    device: str = opt("auto", "cpu, cuda (default: cuda:LOCAL_RANK if available)")
+    dtype: str = opt("auto", "compute dtype under autocast: bf16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
+    tensorboard: bool = opt(False, "also log to TensorBoard (needs the tensorboard package)")
+    quiet: bool = opt(False, "no progress bar")
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        checks = [
+            (bool(self.output), "output folder is required (--output DIR)"),
+            (self.lr > 0 and 0 <= self.min_lr <= self.lr, f"need 0 <= min_lr <= lr and lr > 0, got {self.min_lr}, {self.lr}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two values in [0, 1), got {self.betas}"),
+            (self.eps > 0, f"eps must be > 0, got {self.eps}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
+            (self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.epochs >= 1 or self.max_steps >= 1, "need epochs >= 1 or max_steps >= 1"),
+            (self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}"),
+            (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.dtype in ("auto", "bf16", "bfloat16", "fp32", "float32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SFTConfig(LoopConfig):
+    """Supervised fine-tuning (or training from scratch) of the language model."""
+
+    data: list[str] = opt([], "prepared data folder (emu3 prepare); repeat for a mixture, DIR:WEIGHT to weight one")
+    model: str | None = opt(None, "base language-model folder (original or -hf layout)")
+    preset: str | None = opt(None, "build the model from a preset instead (tiny, small, emu3-8b; needs --init)")
+    init: bool = opt(False, "random initialisation (std 0.02) instead of the --model weights")
+    vision_tokenizer: str | None = opt(None, "vision tokenizer to place beside the export (default: the data's)")
+    null_prompt_prob: float = opt(0.05, "probability of dropping a caption (text-to-image/video), for guidance")
+    max_seq_len: int = opt(0, "longest example kept, in tokens (0: the model's max_position_embeddings)")
+    bucket_window: int = opt(16, "sort examples by length within windows of N global batches (0: no bucketing)")
+    gradient_checkpointing: bool = opt(True, "recompute each layer's activations in the backward pass")
+    loss_chunk: int = opt(4096, "supervised positions per output-head chunk (bounds the fp32 logits' memory)")
+    lora_rank: int = opt(0, "LoRA rank (0: full fine-tuning)")
+    lora_alpha: float = opt(32.0, "LoRA scale numerator (scale = alpha / rank)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA branch input")
+    lora_targets: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                  "linear layers that get LoRA adapters")
+    export_dtype: str = opt("fp32", "dtype of the exported model weights: fp32 or bf16")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.data = list(self.data)
+        self.lora_targets = list(self.lora_targets)
+        if not self.data:
+            raise ValueError("no training data: give --data DIR (a folder written by `emu3 prepare`)")
+        if (self.model is None) == (self.preset is None):
+            raise ValueError("give exactly one of --model DIR (fine-tune) or --preset NAME --init (from scratch)")
+        if self.preset is not None and not self.init:
+            raise ValueError(f"--preset {self.preset} has no weights: add --init to train it from scratch")
+        if not 0 <= self.null_prompt_prob < 1:
+            raise ValueError(f"null_prompt_prob must be in [0, 1), got {self.null_prompt_prob}")
+        if self.max_seq_len < 0 or self.bucket_window < 0 or self.loss_chunk < 1:
+            raise ValueError("max_seq_len and bucket_window must be >= 0, loss_chunk >= 1")
+        if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1 or (self.lora_rank and not self.lora_targets):
+            raise ValueError(f"bad LoRA settings: rank {self.lora_rank}, dropout {self.lora_dropout}, "
+                             f"targets {self.lora_targets}")
+        if self.export_dtype not in ("fp32", "float32", "bf16", "bfloat16"):
+            raise ValueError(f"export_dtype must be fp32 or bf16, got {self.export_dtype!r}")
+
+
+@dataclass
+class VQTrainConfig(LoopConfig):
+    """Training or fine-tuning the vision tokenizer (VQ autoencoder)."""
+
+    data: str = opt("", "JSONL manifest of images / videos / frame lists (captions are ignored)")
+    vision_tokenizer: str | None = opt(None, "vision-tokenizer folder to fine-tune")
+    preset: str | None = opt(None, "build the tokenizer from a preset instead (tiny, emu3-vq; needs --init)")
+    init: bool = opt(False, "random initialisation instead of the --vision-tokenizer weights")
+    resolution: int = opt(256, "square training crop size in pixels (a multiple of the spatial factor)")
+    num_frames: int = opt(1, "frames per sample: 1 (images) or a multiple of 4 (video clips)")
+    recon_loss: str = opt("l1", "pixel reconstruction loss: l1 or l2")
+    commitment_beta: float = opt(0.25, "weight of the commitment loss ||z - sg(zq)||^2")
+    codebook_weight: float = opt(1.0, "weight of the codebook loss ||sg(z) - zq||^2")
+    perceptual_weight: float = opt(0.0, "weight of an LPIPS term (needs the lpips package)")
+    train_batchnorm: bool = opt(False, "update BatchNorm statistics (off: keep the checkpoint's)")
+    lr: float = opt(1e-4, "peak learning rate")
+    min_lr: float = opt(1e-5, "learning rate at the end of the cosine decay")
+    warmup_steps: int = opt(100, "linear warmup steps (from 0)")
+    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)")
+    betas: tuple[float, float] = opt((0.5, 0.9), "AdamW betas")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    micro_batch_size: int = opt(4, "samples per forward pass on each process")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
+    epochs: int = opt(1, "passes over the data (ignored when max_steps > 0)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ValueError("no training data: give --data MANIFEST.jsonl")
+        if (self.vision_tokenizer is None) == (self.preset is None):
+            raise ValueError("give exactly one of --vision-tokenizer DIR (fine-tune) or --preset NAME --init")
+        if self.preset is not None and not self.init:
+            raise ValueError(f"--preset {self.preset} has no weights: add --init to train it from scratch")
+        if self.num_frames != 1 and (self.num_frames < 4 or self.num_frames % 4):
+            raise ValueError(f"num_frames must be 1 or a multiple of 4, got {self.num_frames}")
+        if self.recon_loss not in ("l1", "l2"):
+            raise ValueError(f"recon_loss must be l1 or l2, got {self.recon_loss!r}")
+        if min(self.commitment_beta, self.codebook_weight, self.perceptual_weight) < 0 or self.resolution < 8:
+            raise ValueError("loss weights must be >= 0 and resolution >= 8")
+
+
+@dataclass
+class PrepareConfig:
+    """Turning a JSONL manifest into pre-tokenized shards (`emu3 prepare`)."""
+
+    manifest: str = opt("", "JSONL manifest (see emu3.train.manifest for the record shapes)")
+    output: str = opt("", "output data folder")
+    model: str = opt("", "language-model folder: its text tokenizer and config (image_area, context)")
+    vision_tokenizer: str | None = opt(None, "vision-tokenizer folder (default: found beside --model)")
+    image_area: int = opt(0, "rescale images to this pixel area first, as the official recipe (0: the model's)")
+    max_seq_len: int = opt(0, "skip examples longer than this (0: the model's max_position_embeddings)")
+    records_per_shard: int = opt(1000, "manifest records per shard file")
+    video_mode: str = opt("clip", "clip: frames through the temporal tokenizer (t, h, w); frames: one image block per frame")
+    max_frames: int = opt(16, "frames kept per video, after the stride")
+    frame_stride: int = opt(1, "keep every N-th frame of a video")
+    device: str = opt("auto", "device of the vision tokenizer")
+    overwrite: bool = opt(False, "discard an existing data folder made with other settings")
+    quiet: bool = opt(False, "no progress bar")
+
+    def __post_init__(self) -> None:
+        if not self.manifest or not self.output or not self.model:
+            raise ValueError("prepare needs a manifest, --output DIR and --model DIR")
+        if self.video_mode not in ("clip", "frames"):
+            raise ValueError(f"video_mode must be clip or frames, got {self.video_mode!r}")
+        if min(self.records_per_shard, self.max_frames, self.frame_stride) < 1 or min(self.image_area, self.max_seq_len) < 0:
+            raise ValueError("records_per_shard, max_frames and frame_stride must be >= 1; image_area, max_seq_len >= 0")
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The key/value table of a TOML or JSON recipe file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a table of settings")
+    return data
+
+
+def load_config(cls: type[C], file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """`cls` from its defaults, then the recipe `file`, then `overrides` (explicit flags)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for source, table in ((str(file), read_recipe(file) if file else {}), ("flags", overrides or {})):
+        table = {key.replace("-", "_"): value for key, value in table.items()}
+        unknown = sorted(set(table) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} settings {unknown} in {source}; known: {sorted(names)}")
+        values.update(table)
+    return cls(**values)

@@ -1,0 +1,97 @@
+"""Exported models in the official folder layouts, loadable by `emu3 generate/chat/reconstruct`.
+
+`export_lm` writes `DEST/model/` (config.json + model.safetensors in the original Emu3 layout, LoRA
+adapters merged, the text-tokenizer files copied from the base) and `DEST/vision-tokenizer/` beside
+it (a link to the vision tokenizer the data was prepared with, or an original-layout copy when that
+one is a -hf folder), so `checkpoint.find_vision_tokenizer` finds it. `save_vision_tokenizer` writes
+the official VQ layout (config.json with model_type "Emu3VisionVQ", model.safetensors,
+preprocessor_config.json). Both write through staging folders. This module does not train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from emu3 import checkpoint
+from emu3.config import LMConfig, VQConfig
+from emu3.model import Transformer
+from emu3.train import atomic
+from emu3.train.lora import merge_lora
+from emu3.vision import ImageProcessor
+
+TOKENIZER_FILES = ("emu3.tiktoken", "emu3_vision_tokens.txt", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "tokenizer.json", "special_tokens_map.json", "generation_config.json")
+LM_DIR, VQ_DIR = "model", "vision-tokenizer"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def export_lm(state: dict[str, torch.Tensor], cfg: LMConfig, dest: Path, *, lora_scale: float | None,
+              tokenizer_dir: Path | None, vision_tokenizer: Path | None, dtype: str = "fp32") -> Path:
+    """Write the LM (and link its vision tokenizer) under `dest`; returns the LM folder."""
+    if lora_scale is not None:
+        state = merge_lora(state, lora_scale)
+    cast = DTYPES[dtype]
+    state = {k: v.to(cast) if v.is_floating_point() else v for k, v in state.items()}
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    checkpoint.assign_state_dict(model, state, "the trained model", None, "cpu")
+    with atomic.staged_dir(dest / LM_DIR) as tmp:
+        checkpoint.save_lm(model, tmp)
+        if tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                if (tokenizer_dir / name).is_file():
+                    shutil.copy2(tokenizer_dir / name, tmp / name)
+    if vision_tokenizer is not None:
+        place_vision_tokenizer(vision_tokenizer, dest / VQ_DIR)
+    return dest / LM_DIR
+
+
+def place_vision_tokenizer(source: Path, target: Path) -> None:
+    """Link an original-layout tokenizer folder at `target`, or write an original-layout copy of a -hf one."""
+    source = source.resolve()
+    if checkpoint.is_hf_format(checkpoint.read_config(source)):
+        vq, processor = checkpoint.load_vision_tokenizer(source)
+        save_vision_tokenizer(vq.state_dict(), vq.config, processor, target)
+        return
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    try:
+        os.symlink(source, target, target_is_directory=True)
+    except OSError:  # no symlinks on this filesystem: copy instead
+        shutil.copytree(source, target)
+
+
+def processor_config(processor: ImageProcessor) -> dict:
+    """The official preprocessor_config.json contents for an `ImageProcessor`."""
+    return {
+        "image_processor_type": "Emu3VisionVQImageProcessor", "do_convert_rgb": True, "do_resize": True,
+        "do_rescale": True, "do_normalize": True, "image_mean": list(processor.image_mean),
+        "image_std": list(processor.image_std), "min_pixels": processor.min_pixels,
+        "max_pixels": processor.max_pixels, "spatial_factor": processor.spatial_factor,
+        "rescale_factor": processor.rescale_factor, "resample": processor.resample,
+        "size": {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels},
+    }
+
+
+def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, processor: ImageProcessor,
+                          folder: Path) -> Path:
+    """Write a vision tokenizer in the official layout (loadable by `checkpoint.load_vision_tokenizer`)."""
+    config = {"model_type": checkpoint.VQ_MODEL_TYPE, "architectures": ["Emu3VisionVQModel"], "double_z": False,
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
+    tensors = {k: v.detach().float().contiguous() if v.is_floating_point() else v.detach().contiguous()
+               for k, v in state.items()}
+    with atomic.staged_dir(folder) as tmp:
+        save_file(tensors, str(tmp / checkpoint.SAFETENSORS), metadata={"format": "pt"})
+        (tmp / checkpoint.CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / checkpoint.PREPROCESSOR).write_text(json.dumps(processor_config(processor), indent=2) + "\n",
+                                                   encoding="utf-8")
+    return folder

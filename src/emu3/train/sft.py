@@ -1,0 +1,221 @@
+"""`emu3 train`: supervised fine-tuning (or training from scratch) of the Emu3 language model.
+
+The model comes from `--model DIR` (an official checkpoint; `--init` re-initialises it) or from a
+preset (`--preset tiny --init`), optionally with LoRA adapters. Data are folders written by
+`emu3 prepare` (several make a weighted mixture of tasks). Each micro-batch is right-padded to its
+longest sequence; the loss is the next-token cross-entropy on the supervised positions only, summed
+and divided by the number of supervised tokens in the whole global batch. Only the supervised
+positions go through the output head, in chunks that are recomputed in the backward pass, so the
+fp32 logits of a 10k-token image (184622 columns) never exist at once. Caption dropout removes the
+prompt span of an example (t2i/video) with probability `null_prompt_prob`. At the end the model is
+exported in the original layout with the tokenizer files and the vision tokenizer beside it.
+This module does not prepare data or parse argv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from emu3 import checkpoint as ckpt
+from emu3.config import LMConfig, lm_preset
+from emu3.model import Transformer
+from emu3.train import distributed, export
+from emu3.train.batching import Layout, MicroBatch, Plan
+from emu3.train.config import SFTConfig
+from emu3.train.lora import add_lora
+from emu3.train.loop import FitResult, StepCallback, fit
+from emu3.train.prepare import lm_config
+from emu3.train.shards import DataError, Shard, open_folder
+
+
+class LMLoss(nn.Module):
+    """Wraps the LM so that one `forward` (the unit FSDP and autocast see) returns the summed loss."""
+
+    def __init__(self, lm: Transformer, chunk: int) -> None:
+        super().__init__()
+        self.lm, self.chunk = lm, chunk
+
+    def _chunk_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm.logits(hidden), targets, reduction="sum")
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of `targets` (B, T) where `weights` (B, T) is true, given `inputs` (B, T)."""
+        hidden = self.lm.hidden(inputs)  # (B, T, C)
+        picked, wanted = hidden[weights], targets[weights]  # (N, C), (N,)
+        total = hidden.sum().float() * 0.0  # keeps every parameter in the graph even when N == 0
+        for start in range(0, picked.shape[0], self.chunk):
+            total = total + checkpoint(self._chunk_loss, picked[start:start + self.chunk],
+                                       wanted[start:start + self.chunk], use_reentrant=False)
+        return total
+
+
+def _parse_data(entry: str) -> tuple[Path, float]:
+    """"DIR" or "DIR:WEIGHT"."""
+    path, sep, weight = entry.rpartition(":")
+    if sep and path:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(entry), 1.0
+
+
+@dataclass
+class LMData:
+    """Examples of one or more prepared folders, addressed by one global index."""
+
+    folders: list[tuple[Path, float]]
+    infos: list[dict[str, Any]]
+    shards: list[Shard]
+    where: np.ndarray  # (n, 2): (shard, local index) of each global example
+    lengths: np.ndarray
+    loss_tokens: np.ndarray
+    groups: list[np.ndarray]  # global indices per folder (examples that fit)
+    too_long: int
+
+    @classmethod
+    def open(cls, entries: list[str], max_len: int, vocab_size: int) -> "LMData":
+        folders = [_parse_data(e) for e in entries]
+        infos, shards, where, lengths, loss_tokens, groups = [], [], [], [], [], []
+        too_long = count = 0
+        for path, _ in folders:
+            info, folder_shards = open_folder(path)
+            if info.get("vocab_size", 0) > vocab_size:
+                raise DataError(f"{path} was tokenized for {info['vocab_size']} ids, more than the model's {vocab_size}")
+            infos.append(info)
+            members = []
+            for shard in folder_shards:
+                k = len(shards)
+                shards.append(shard)
+                n = len(shard)
+                where.append(np.stack([np.full(n, k), np.arange(n)], axis=1))
+                lengths.append(shard.lengths)
+                loss_tokens.append(shard.loss_tokens)
+                fits = (shard.lengths <= max_len) & (shard.loss_tokens > 0)
+                too_long += int((shard.lengths > max_len).sum())
+                members.append(count + np.flatnonzero(fits))
+                count += n
+            groups.append(np.concatenate(members) if members else np.zeros(0, dtype=np.int64))
+        if not sum(len(g) for g in groups):
+            raise DataError(f"no usable training example in {entries} (all empty, unsupervised or longer than {max_len})")
+        return cls(folders, infos, shards, np.concatenate(where), np.concatenate(lengths),
+                   np.concatenate(loss_tokens), groups, too_long)
+
+    def sample(self, index: int):
+        shard, local = self.where[index]
+        return self.shards[int(shard)].sample(int(local))
+
+
+class SFTTask:
+    """The `loop.Task` of language-model training."""
+
+    def __init__(self, module: nn.Module, data: LMData, plan: Plan, cfg: SFTConfig, pad_id: int,
+                 device: torch.device) -> None:
+        self.module, self.data, self.plan, self.cfg = module, data, plan, cfg
+        self.pad_id, self.device = pad_id, device
+
+    def normalizer(self, step: int) -> float:
+        indices, _ = self.plan.step(step)
+        return float(self.data.loss_tokens[indices].sum())
+
+    def collate(self, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(inputs, targets, weights), each (B, T): next-token pairs, right-padded; and the real token count."""
+        rows = []
+        for index, drop in zip(batch.indices, batch.drop_prompt):
+            s = self.data.sample(index)
+            ids, mask = s.ids, s.loss_mask
+            a, b = s.prompt_span
+            if drop and b > a:
+                ids, mask = torch.cat([ids[:a], ids[b:]]), torch.cat([mask[:a], mask[b:]])
+            rows.append((ids, mask))
+        width = max(len(ids) for ids, _ in rows) - 1
+        inputs = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        targets = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        weights = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (ids, mask) in enumerate(rows):
+            n = len(ids) - 1
+            inputs[i, :n], targets[i, :n], weights[i, :n] = ids[:-1], ids[1:], mask[1:]
+        tokens = sum(len(ids) - 1 for ids, _ in rows)
+        return inputs.to(self.device), targets.to(self.device), weights.to(self.device), tokens
+
+    def micro_loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inputs, targets, weights, tokens = self.collate(batch)
+        loss = self.module(inputs, targets, weights)
+        return loss, {"tokens": torch.tensor(float(tokens)), "loss_tokens": weights.sum().double()}
+
+    def summarize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"loss_tokens": int(stats["loss_tokens"])}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"data": [[str(p.resolve()), w] for p, w in self.data.folders], "examples": int(len(self.data.lengths)),
+                "global_batch": self.plan.layout.global_batch, "micro_batch_size": self.cfg.micro_batch_size,
+                "seed": self.cfg.seed, "null_prompt_prob": self.cfg.null_prompt_prob,
+                "bucket_window": self.cfg.bucket_window, "max_seq_len": self.cfg.max_seq_len}
+
+
+def build_model(cfg: SFTConfig) -> tuple[Transformer, LMConfig, Path | None]:
+    """(model on CPU in fp32, its config, the base folder if any) as `cfg` asks."""
+    if cfg.preset is not None:
+        lm_cfg, base = lm_preset(cfg.preset), None
+    else:
+        base = ckpt.resolve(cfg.model)
+        lm_cfg = lm_config(base)
+    if cfg.init:
+        model = Transformer(lm_cfg)
+        model.init_weights(0.02, torch.Generator().manual_seed(cfg.seed))
+    else:
+        model = ckpt.load_lm(base, dtype=torch.float32, device="cpu")
+        lm_cfg = model.config
+    return model, lm_cfg, base
+
+
+def _export(cfg: SFTConfig, result: FitResult, lm_cfg: LMConfig, base: Path | None, data: LMData) -> Path:
+    prefix = "lm."
+    state = {k[len(prefix):]: v for k, v in result.model_state.items() if k.startswith(prefix)}
+    info = data.infos[0]
+    tokenizer_dir = base if base is not None and _has_tokenizer(base) else (
+        Path(info["tokenizer"]) if info.get("tokenizer") else None)
+    vision = cfg.vision_tokenizer or info.get("vision_tokenizer")
+    return export.export_lm(state, lm_cfg, Path(cfg.output) / "export",
+                            lora_scale=cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else None,
+                            tokenizer_dir=tokenizer_dir, vision_tokenizer=Path(vision) if vision else None,
+                            dtype=cfg.export_dtype)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("emu3.tiktoken", "vocab.json"))
+
+
+def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Run (or resume) LM training as `cfg` says; returns a summary. Every process calls this."""
+    info = distributed.setup(cfg.device)
+    try:
+        model, lm_cfg, base = build_model(cfg)
+        max_len = min(cfg.max_seq_len or lm_cfg.max_position_embeddings, lm_cfg.max_position_embeddings)
+        data = LMData.open(cfg.data, max_len, lm_cfg.vocab_size)
+        if cfg.lora_rank:
+            add_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.seed)
+        model.gradient_checkpointing = cfg.gradient_checkpointing
+        module = distributed.shard(LMLoss(model, cfg.loss_chunk), list(model.model.layers), info)
+        layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
+        plan = Plan(data.lengths, data.groups, [w for _, w in data.folders], layout, seed=cfg.seed,
+                    bucket_window=cfg.bucket_window, drop_prob=cfg.null_prompt_prob)
+        task = SFTTask(module, data, plan, cfg, lm_cfg.pad_token_id, info.device)
+        torch.manual_seed(cfg.seed + info.rank)  # dropout streams; a resumed run restores its saved states
+        result = fit(cfg, task, info, on_step)
+        summary = {"steps": result.steps, **result.final, "examples": int(sum(len(g) for g in data.groups)),
+                   "skipped_too_long": data.too_long, "world_size": info.world_size}
+        if info.is_main:
+            summary["export"] = str(_export(cfg, result, lm_cfg, base, data))
+        distributed.barrier(info)
+        return summary
+    finally:
+        distributed.teardown(info)

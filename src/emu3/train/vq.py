@@ -1,0 +1,244 @@
+"""`emu3 train-vq`: training or fine-tuning the vision tokenizer (the VQ autoencoder).
+
+The training forward is written here from the tokenizer's own pieces (`encoder.spatial/temporal`,
+`quant_conv`, `quantize`, `post_quant_conv`, `decoder.temporal/spatial`): the nearest codes are
+picked without gradient and the decoder sees `z + sg(zq - z)` (straight-through estimation), so
+the reconstruction gradient reaches the encoder. Loss per sample: pixel L1 (or L2) + `codebook_weight`
+* ||sg(z) - zq||^2 + `commitment_beta` * ||z - sg(zq)||^2 (+ `perceptual_weight` * LPIPS, only when
+the lpips package is installed and the weight is set). Images train as the official 4-frame static
+clip (decoded frame 0); `num_frames` > 1 trains on clips. Logged: the loss terms, PSNR, and codebook
+usage (share of codes hit in the step and since the run started) and perplexity. BatchNorm keeps
+the checkpoint's statistics unless `train_batchnorm`. No adversarial term is implemented. The result
+is saved in the official VQ folder layout.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from emu3 import checkpoint
+from emu3.config import vq_preset
+from emu3.train import distributed, export
+from emu3.train.batching import Layout, MicroBatch, Plan
+from emu3.train.config import VQTrainConfig
+from emu3.train.loop import StepCallback, fit
+from emu3.train.manifest import Record, RecordError, parse_record, read_lines
+from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
+
+
+class VQLoss(nn.Module):
+    """Wraps the tokenizer; `forward(pixels)` -> (summed loss, per-sample stats, codes)."""
+
+    def __init__(self, vq: VisionTokenizer, cfg: VQTrainConfig) -> None:
+        super().__init__()
+        self.vq, self.cfg = vq, cfg
+        self._lpips = None
+        if cfg.perceptual_weight > 0:
+            try:
+                import lpips
+            except ImportError:
+                raise ValueError("perceptual_weight > 0 needs the lpips package (pip install lpips)") from None
+            object.__setattr__(self, "_lpips", lpips.LPIPS(net="vgg").eval().requires_grad_(False))
+
+    def train(self, mode: bool = True) -> "VQLoss":
+        super().train(mode)
+        if not self.cfg.train_batchnorm:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images or (B, T, 3, H, W) clips -> pre-quantization latents (B, t, E, h, w)."""
+        vq = self.vq
+        if pixels.ndim == 4:  # an image is a static clip of 4 identical frames, as in VisionTokenizer.encode
+            h = vq.encoder.spatial(pixels).unsqueeze(1).expand(-1, vq.temporal_factor, -1, -1, -1)
+            h = vq.encoder.temporal(h)
+        else:
+            h = vq.encoder(pixels)
+        return vq.quant_conv(h.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
+
+    def decode(self, zq: torch.Tensor, image: bool) -> torch.Tensor:
+        """Codebook vectors (B, t, E, h, w) -> (B, 3, H, W) frame 0 for images, (B, 4t, 3, H, W) for clips."""
+        vq = self.vq
+        z = vq.post_quant_conv(zq.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
+        if image:
+            z, zq = vq.decoder.temporal(z, zq)
+            return vq.decoder.spatial(z[:, 0], zq[:, 0])
+        return vq.decoder(z, zq).unflatten(0, (zq.shape[0], -1))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        z = self.encode(pixels)  # (B, t, E, h, w)
+        with torch.no_grad():
+            codes = self.vq.quantize(z)  # (B, t, h, w)
+        zq = self.vq.quantize.lookup(codes).to(z.dtype)  # (B, t, E, h, w)
+        dims = tuple(range(1, z.ndim))
+        codebook = (zq - z.detach()).float().pow(2).mean(dims)  # (B,)
+        commit = (z - zq.detach()).float().pow(2).mean(dims)  # (B,)
+        recon = self.decode(z + (zq - z).detach(), image=pixels.ndim == 4).float()
+        diff = recon - pixels.float()
+        pix_dims = tuple(range(1, diff.ndim))
+        pixel = diff.abs().mean(pix_dims) if self.cfg.recon_loss == "l1" else diff.pow(2).mean(pix_dims)  # (B,)
+        loss = pixel + self.cfg.codebook_weight * codebook + self.cfg.commitment_beta * commit
+        if self._lpips is not None:
+            flat = lambda x: x.reshape(-1, *x.shape[-3:])  # noqa: E731
+            lp = self._lpips.to(recon.device)(flat(recon), flat(pixels.float())).reshape(pixels.shape[0], -1).mean(1)
+            loss = loss + self.cfg.perceptual_weight * lp
+        mse = ((recon.detach().clamp(-1, 1) - pixels.float()) / 2).pow(2).mean(pix_dims)  # on the [0, 1] scale
+        psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+        stats = {"recon": pixel.detach().sum(), "codebook": codebook.detach().sum(), "commit": commit.detach().sum(),
+                 "psnr": psnr.sum()}
+        return loss.sum(), stats, codes
+
+
+class Media:
+    """Training samples (crops of images or clips) read from manifest records."""
+
+    def __init__(self, records: list[Record], processor: ImageProcessor, resolution: int, num_frames: int,
+                 seed: int) -> None:
+        self.records, self.processor, self.resolution = records, processor, resolution
+        self.num_frames, self.seed = num_frames, seed
+
+    def _frames(self, record: Record) -> list[Image.Image]:
+        if record.image is not None:
+            return [load_image(record.image)]
+        return [load_image(p) for p in record.frames] if record.frames else load_frames(record.video)
+
+    def _crop(self, image: Image.Image, rng: np.random.Generator, box: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
+        r = self.resolution
+        scale = r / min(image.width, image.height)
+        image = image.convert("RGB").resize((max(r, round(image.width * scale)), max(r, round(image.height * scale))),
+                                            Image.Resampling.BICUBIC)
+        if box is None:
+            box = (int(rng.integers(0, image.width - r + 1)), int(rng.integers(0, image.height - r + 1)))
+        return image.crop((box[0], box[1], box[0] + r, box[1] + r)), box
+
+    def pixels(self, index: int, step: int) -> torch.Tensor:
+        """(3, R, R) for images (num_frames 1), (T, 3, R, R) for clips; values in [-1, 1]."""
+        record = self.records[index]
+        rng = np.random.default_rng([self.seed, step, index])
+        try:
+            frames = self._frames(record)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ValueError(f"manifest line {record.line}: {exc}") from exc
+        t = self.num_frames
+        start = int(rng.integers(0, max(1, len(frames) - t + 1)))
+        frames = frames[start:start + t]
+        frames = frames + frames[-1:] * (t - len(frames))
+        box = None
+        out = []
+        for frame in frames:
+            crop, box = self._crop(frame, rng, box)
+            x = np.asarray(crop, dtype=np.float32) * self.processor.rescale_factor
+            x = (x - np.asarray(self.processor.image_mean, np.float32)) / np.asarray(self.processor.image_std, np.float32)
+            out.append(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))
+        return out[0] if t == 1 else torch.stack(out)
+
+
+class VQTask:
+    """The `loop.Task` of vision-tokenizer training."""
+
+    def __init__(self, module: nn.Module, media: Media, plan: Plan, cfg: VQTrainConfig, codebook_size: int,
+                 device: torch.device) -> None:
+        self.module, self.media, self.plan, self.cfg, self.device = module, media, plan, cfg, device
+        self.codebook_size = codebook_size
+        self.seen = torch.zeros(codebook_size, dtype=torch.bool)
+
+    def normalizer(self, step: int) -> float:
+        return float(self.plan.layout.global_batch)
+
+    def micro_loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pixels = torch.stack([self.media.pixels(i, batch.step) for i in batch.indices]).to(self.device)
+        loss, stats, codes = self.module(pixels)
+        hist = torch.bincount(codes.flatten(), minlength=self.codebook_size).double()
+        return loss, {**stats, "samples": torch.tensor(float(len(batch.indices))),
+                      "tokens": torch.tensor(float(codes.numel())), "hist": hist}
+
+    def summarize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = float(stats["samples"])
+        hist = stats["hist"]
+        self.seen |= hist > 0
+        p = hist / hist.sum().clamp_min(1)
+        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        return {"recon": float(stats["recon"]) / n, "codebook_loss": float(stats["codebook"]) / n,
+                "commit_loss": float(stats["commit"]) / n, "psnr": float(stats["psnr"]) / n,
+                "codebook_usage": float((hist > 0).sum()) / self.codebook_size,
+                "codebook_usage_run": float(self.seen.sum()) / self.codebook_size, "perplexity": math.exp(entropy)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"data": str(Path(self.cfg.data).resolve()), "records": len(self.media.records),
+                "global_batch": self.plan.layout.global_batch, "seed": self.cfg.seed,
+                "resolution": self.cfg.resolution, "num_frames": self.cfg.num_frames}
+
+
+def _check_header(path: Path) -> None:
+    """Open an image's header (cheap): a file that is not an image is caught before training starts."""
+    try:
+        with Image.open(path):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RecordError("unreadable media", f"cannot read image file {path}: {exc}") from None
+
+
+def read_media(manifest: str) -> tuple[list[Record], list[dict[str, Any]]]:
+    """Usable records (any media; captions and questions ignored) and the skipped ones with reasons.
+
+    Image headers are checked up front; a video or an image whose pixels turn out to be corrupt
+    stops training later with an error naming its manifest line."""
+    base = Path(manifest).resolve().parent
+    records, skipped = [], []
+    for line, text in read_lines(manifest):
+        try:
+            record = parse_record(line, text, base, need_text=False)
+            for path in ([record.image] if record.image is not None else []) + list(record.frames):
+                _check_header(path)
+            records.append(record)
+        except RecordError as exc:
+            skipped.append({"line": line, "reason": exc.reason, "message": str(exc)})
+    if not records:
+        raise ValueError(f"no usable record in {manifest} ({len(skipped)} skipped: {skipped[:3]})")
+    return records, skipped
+
+
+def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Run (or resume) vision-tokenizer training as `cfg` says; every process calls this."""
+    info = distributed.setup(cfg.device)
+    try:
+        if cfg.preset is not None:
+            torch.manual_seed(cfg.seed)
+            vq, processor = VisionTokenizer(vq_preset(cfg.preset)), ImageProcessor()
+        else:
+            vq, processor = checkpoint.load_vision_tokenizer(cfg.vision_tokenizer)
+            if cfg.init:
+                torch.manual_seed(cfg.seed)
+                vq = VisionTokenizer(vq.config)
+        f = vq.spatial_factor
+        if cfg.resolution % f:
+            raise ValueError(f"resolution {cfg.resolution} must be a multiple of the spatial factor {f}")
+        records, skipped = read_media(cfg.data)
+        module = distributed.shard(VQLoss(vq, cfg), [], info)
+        layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
+        plan = Plan(np.ones(len(records), dtype=np.int64), [np.arange(len(records))], [1.0], layout, seed=cfg.seed,
+                    bucket_window=0, drop_prob=0.0)
+        task = VQTask(module, Media(records, processor, cfg.resolution, cfg.num_frames, cfg.seed), plan, cfg,
+                      vq.config.codebook_size, info.device)
+        torch.manual_seed(cfg.seed + info.rank)
+        result = fit(cfg, task, info, on_step)
+        summary = {"steps": result.steps, **result.final, "records": len(records), "skipped": len(skipped),
+                   "skipped_records": skipped, "world_size": info.world_size}
+        if info.is_main:
+            state = {k[len("vq."):]: v for k, v in result.model_state.items() if k.startswith("vq.")}
+            out = Path(cfg.output) / "export" / export.VQ_DIR
+            summary["export"] = str(export.save_vision_tokenizer(state, vq.config, processor, out))
+        distributed.barrier(info)
+        return summary
+    finally:
+        distributed.teardown(info)

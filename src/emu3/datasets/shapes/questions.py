@@ -1,0 +1,104 @@
+"""Questions about a Shapes scene with short, certain answers: `questions_for(scene, rng, n)`.
+
+Kinds of question (the `kind` field), with their answers:
+
+* "color": "what color is the circle?" -> "red" (asked only of a shape the scene has once)
+* "shape": "what shape is the red object?" -> "circle" (only of a color the scene has once)
+* "count": "how many objects are there?", "how many squares are there?",
+  "how many blue objects are there?" -> "2" (digits)
+* "position": "where is the red circle?" -> "top left", "left", "center" ... (3x3 grid cells)
+* "background": "what color is the background?" -> "black"
+* "yes_no": "is there a blue square?", "is the red circle above the blue square?",
+  "is the red circle on the left?" -> "yes" / "no", about as many of each
+
+A question is only asked when its answer is unambiguous: the object it names is the only one of
+its kind, and positions and relations hold (or fail) by at least `CERTAINTY_MARGIN`.
+This module does not score answers (see `emu3.eval.shapes.vqa`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from emu3.datasets.shapes.scene import Scene
+from emu3.datasets.shapes.world import COLORS, POSITIONS, RELATIONS, SHAPES, position_holds, relation_holds, where
+
+QUESTION_KINDS: tuple[str, ...] = ("color", "shape", "count", "position", "background", "yes_no")
+CERTAINTY_MARGIN = 0.03
+_RELATION_WORDS = {"left_of": "to the left of", "right_of": "to the right of", "above": "above", "below": "below"}
+_POSITION_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top",
+                   "bottom": "at the bottom", "center": "in the center"}
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    kind: str
+
+
+def _yes_no(holds_strictly: bool, holds_leniently: bool) -> str | None:
+    """"yes" when true with room to spare, "no" when false even leniently, None in between."""
+    return "yes" if holds_strictly else None if holds_leniently else "no"
+
+
+def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
+    objs = scene.objects
+    shapes = Counter(o.shape for o in objs)
+    colors = Counter(o.color for o in objs)
+    pairs = Counter((o.color, o.shape) for o in objs)
+    unique = [o for o in objs if pairs[o.color, o.shape] == 1]
+    m = CERTAINTY_MARGIN
+    out = [QA("what color is the background?", scene.background, "background"),
+           QA("how many objects are there?", str(len(objs)), "count")]
+    out += [QA(f"what color is the {o.shape}?", o.color, "color") for o in objs if shapes[o.shape] == 1]
+    out += [QA(f"what shape is the {o.color} object?", o.shape, "shape") for o in objs if colors[o.color] == 1]
+    out += [QA(f"how many {s}s are there?", str(shapes[s]), "count") for s in SHAPES]
+    out += [QA(f"how many {c} objects are there?", str(colors[c]), "count") for c in colors]
+    for o in unique:
+        cell = where(o.x, o.y, m)
+        if cell is not None:
+            out.append(QA(f"where is the {o.color} {o.shape}?", cell, "position"))
+
+    yes, no = [], []
+    absent = [(c, s) for c in COLORS for s in SHAPES if c != scene.background and (c, s) not in pairs]
+    yes += [f"is there a {c} {s}?" for c, s in pairs]
+    no += [f"is there a {c} {s}?" for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
+    for o in unique:
+        for p in POSITIONS:
+            answer = _yes_no(position_holds(p, o.x, o.y, m), position_holds(p, o.x, o.y, -m))
+            if answer is not None:
+                (yes if answer == "yes" else no).append(f"is the {o.color} {o.shape} {_POSITION_WORDS[p]}?")
+        for other in unique:
+            if other is o:
+                continue
+            for r in RELATIONS:
+                a, b = (o.x, o.y), (other.x, other.y)
+                answer = _yes_no(relation_holds(r, a, b, m), relation_holds(r, a, b, -m))
+                if answer is not None:
+                    (yes if answer == "yes" else no).append(
+                        f"is the {o.color} {o.shape} {_RELATION_WORDS[r]} the {other.color} {other.shape}?")
+    k = min(len(yes), len(no)) or 1  # balance yes and no
+    out += [QA(q, "yes", "yes_no") for q in rng.sample(yes, min(k, len(yes)))]
+    out += [QA(q, "no", "yes_no") for q in rng.sample(no, min(k, len(no)))]
+    return out
+
+
+def questions_for(scene: Scene, rng: random.Random, n: int = 3) -> list[QA]:
+    """`n` distinct questions about `scene` (fewer if it has fewer), kinds mixed, drawn from `rng`."""
+    if n < 1:
+        raise ValueError(f"ask at least one question, got n={n}")
+    by_kind: dict[str, list[QA]] = {}
+    for qa in _candidates(scene, rng):
+        by_kind.setdefault(qa.kind, []).append(qa)
+    kinds = [k for k in QUESTION_KINDS if k in by_kind]
+    picked: list[QA] = []
+    while len(picked) < n and kinds:
+        kind = rng.choice(kinds)  # kinds first, so that rare kinds are not drowned by frequent ones
+        qa = by_kind[kind].pop(rng.randrange(len(by_kind[kind])))
+        picked.append(qa)
+        if not by_kind[kind]:
+            kinds.remove(kind)
+    return picked

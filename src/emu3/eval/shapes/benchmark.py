@@ -1,0 +1,193 @@
+"""ShapesEval: the fixed, seeded benchmark of text-to-image and question answering in the Shapes world.
+
+* `eval_prompts(n, seed, split)`: captions in canonical wording, with their descriptions (hence
+  claims) and a reference scene each; by default from the held-out compositions.
+* `score_images(prompts, images)`: analyze every picture, check its prompt's claims, and report
+  the fraction of prompts whose claims all hold (`overall`, as GenEval does), the fraction of all
+  claims that hold (`claims`), and the fraction per claim category.
+* `eval_questions(n, seed, split, image_size)` / `score_answers(items, answers)`: rendered
+  ground-truth scenes with one question each, and answer accuracy overall and per question kind.
+* `evaluate_shapes(generate, answer, ...)`: both, for a model given as two plain functions
+  (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`); either may be None.
+  Returns a `ShapesReport`; `report.to_dict()` is the table as JSON-ready data and
+  `format_report(report)` the same table as text.
+
+Same arguments, same prompts, questions and seeds. This module does not load or run models and
+parses no command line.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image
+
+from emu3.datasets.shapes.captions import caption_text
+from emu3.datasets.shapes.claims import CATEGORIES, Claim
+from emu3.datasets.shapes.description import Description
+from emu3.datasets.shapes.questions import QUESTION_KINDS, questions_for
+from emu3.datasets.shapes.render import DEFAULT_IMAGE_SIZE, render
+from emu3.datasets.shapes.sampling import sample_captioned_scene
+from emu3.datasets.shapes.scene import Scene
+from emu3.datasets.shapes.split import check_split
+from emu3.eval.shapes.analyze import analyze
+from emu3.eval.shapes.vqa import answer_matches
+
+DEFAULT_PROMPTS = 200
+DEFAULT_QUESTIONS = 200
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    description: Description
+    scene: Scene  # one ground-truth scene satisfying the prompt
+
+    @property
+    def claims(self) -> tuple[Claim, ...]:
+        return self.description.claims()
+
+
+@dataclass(frozen=True)
+class QuestionItem:
+    image: Image.Image
+    question: str
+    answer: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    n_prompts: int
+    overall: float  # fraction of prompts whose claims all hold
+    claims: float  # fraction of all claims that hold
+    categories: dict[str, float]  # claim category -> fraction of its claims that hold
+    category_counts: dict[str, int]  # claim category -> number of claims
+    failures: tuple[dict[str, Any], ...]  # {"prompt", "failed": [claim dicts]} per failed prompt
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    n_questions: int
+    accuracy: float
+    kinds: dict[str, float]  # question kind -> accuracy
+    kind_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ShapesReport:
+    split: str
+    seed: int
+    image_size: int
+    images: ImageScores | None
+    answers: AnswerScores | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rng(purpose: str, seed: int, split: str) -> random.Random:
+    return random.Random(f"shapes-eval/{purpose}/{seed}/{split}")
+
+
+def eval_prompts(n: int = DEFAULT_PROMPTS, seed: int = 0, split: str = "heldout") -> list[Prompt]:
+    """`n` prompts of the split, in canonical wording; the same for the same arguments."""
+    check_split(split)
+    rng = _rng("prompts", seed, split)
+    prompts = []
+    for _ in range(n):
+        sample = sample_captioned_scene(rng, split)
+        prompts.append(Prompt(caption_text(sample.description), sample.description, sample.scene))
+    return prompts
+
+
+def score_images(prompts: Sequence[Prompt], images: Sequence) -> ImageScores:
+    """Check every prompt's claims on its picture (PIL image or (H, W, 3) array)."""
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    if not prompts:
+        raise ValueError("no prompts to score")
+    held: dict[str, list[bool]] = defaultdict(list)
+    passed, failures = 0, []
+    for prompt, image in zip(prompts, images):
+        analysis = analyze(image)
+        failed = []
+        for claim in prompt.claims:
+            ok = claim.holds(analysis)
+            held[claim.category].append(ok)
+            if not ok:
+                failed.append(claim.to_dict())
+        passed += not failed
+        if failed:
+            failures.append({"prompt": prompt.text, "failed": failed})
+    all_claims = [ok for results in held.values() for ok in results]
+    return ImageScores(
+        n_prompts=len(prompts), overall=passed / len(prompts), claims=sum(all_claims) / len(all_claims),
+        categories={c: sum(held[c]) / len(held[c]) for c in CATEGORIES if held[c]},
+        category_counts={c: len(held[c]) for c in CATEGORIES if held[c]}, failures=tuple(failures))
+
+
+def eval_questions(n: int = DEFAULT_QUESTIONS, seed: int = 0, split: str = "heldout",
+                   image_size: int = DEFAULT_IMAGE_SIZE) -> list[QuestionItem]:
+    """`n` rendered scenes of the split with one question each; the same for the same arguments."""
+    check_split(split)
+    rng = _rng("questions", seed, split)
+    items = []
+    for _ in range(n):
+        scene = sample_captioned_scene(rng, split).scene
+        qa, = questions_for(scene, rng, 1)
+        items.append(QuestionItem(render(scene, image_size), qa.question, qa.answer, qa.kind))
+    return items
+
+
+def score_answers(items: Sequence[QuestionItem], answers: Sequence[str]) -> AnswerScores:
+    """Accuracy of `answers` (one per item), overall and per question kind."""
+    if len(items) != len(answers):
+        raise ValueError(f"{len(items)} questions but {len(answers)} answers")
+    if not items:
+        raise ValueError("no questions to score")
+    right: dict[str, list[bool]] = defaultdict(list)
+    for item, answer in zip(items, answers):
+        right[item.kind].append(answer_matches(answer, item.answer))
+    flat = [ok for results in right.values() for ok in results]
+    return AnswerScores(n_questions=len(items), accuracy=sum(flat) / len(flat),
+                        kinds={k: sum(right[k]) / len(right[k]) for k in QUESTION_KINDS if right[k]},
+                        kind_counts={k: len(right[k]) for k in QUESTION_KINDS if right[k]})
+
+
+def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
+                    answer: Callable[[Image.Image, str], str] | None = None, *,
+                    n_prompts: int = DEFAULT_PROMPTS, n_questions: int = DEFAULT_QUESTIONS, seed: int = 0,
+                    split: str = "heldout", image_size: int = DEFAULT_IMAGE_SIZE) -> ShapesReport:
+    """Run ShapesEval on a model given as functions. `generate(prompt, seed)` returns a picture
+    for prompt i with seed `seed + i`; `answer(image, question)` returns a short answer."""
+    if generate is None and answer is None:
+        raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions) or both")
+    images = answers = None
+    if generate is not None:
+        prompts = eval_prompts(n_prompts, seed, split)
+        images = score_images(prompts, [generate(p.text, seed + i) for i, p in enumerate(prompts)])
+    if answer is not None:
+        items = eval_questions(n_questions, seed, split, image_size)
+        answers = score_answers(items, [answer(item.image, item.question) for item in items])
+    return ShapesReport(split, seed, image_size, images, answers)
+
+
+def format_report(report: ShapesReport) -> str:
+    """The report as a plain-text table."""
+    lines = [f"ShapesEval: split {report.split}, seed {report.seed}"]
+    if report.images is not None:
+        s = report.images
+        lines += ["", f"{'text to image':<16}{'score':>8}{'n':>7}",
+                  f"{'overall':<16}{s.overall:>8.3f}{s.n_prompts:>7}",
+                  f"{'all claims':<16}{s.claims:>8.3f}{sum(s.category_counts.values()):>7}"]
+        lines += [f"  {c:<14}{v:>8.3f}{s.category_counts[c]:>7}" for c, v in s.categories.items()]
+    if report.answers is not None:
+        a = report.answers
+        lines += ["", f"{'questions':<16}{'accuracy':>8}{'n':>7}   ({report.image_size}x{report.image_size} pictures)", f"{'overall':<16}{a.accuracy:>8.3f}{a.n_questions:>7}"]
+        lines += [f"  {k:<14}{v:>8.3f}{a.kind_counts[k]:>7}" for k, v in a.kinds.items()]
+    return "\n".join(lines)

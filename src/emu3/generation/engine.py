@@ -99,7 +99,7 @@ class ImageBatch:
         return [row[:n] for row, n in zip(out.tolist(), self.lengths)]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: quantized weight subclasses cannot be sliced under it
 def generate_images(
     model: Transformer,
     prompts: list[list[int]],

@@ -35,7 +35,7 @@ def _uniform(batch: int, count: int, generators: list[torch.Generator] | None, d
     return torch.stack([torch.rand(count, generator=g, device=device) for g in (generators or [None] * batch)])
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: quantized weight subclasses cannot be sliced under it
 def speculative_jacobi(b: ImageBatch, draft_len: int, *, progress: Progress | None = None,
                        step_fn: StepFn | None = None, stats: dict | None = None) -> list[list[int]]:
     """Decode `b`'s images with windows of `draft_len` tokens; see the module docstring."""

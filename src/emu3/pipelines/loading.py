@@ -33,12 +33,19 @@ class Emu3:
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, vision_tokenizer: str | os.PathLike | None = None, *,
              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             vq_dtype: torch.dtype = torch.float32) -> "Emu3":
-        """Load from folders (or hub ids). With no `model`, only the vision tokenizer is loaded."""
+             vq_dtype: torch.dtype = torch.float32, quantize: str | None = None) -> "Emu3":
+        """Load from folders (or hub ids). With no `model`, only the vision tokenizer is loaded.
+
+        `quantize` ("int8" or "fp8") stores the LM's linear weights quantized (see `emu3.quantize`).
+        """
         lm = tokenizer = None
         if model is not None:
             folder = checkpoint.resolve(model)
             lm = checkpoint.load_lm(folder, dtype=dtype, device=device)
+            if quantize is not None:
+                from emu3.quantize import quantize_lm
+
+                quantize_lm(lm, quantize)
             tokenizer = Tokenizer.from_dir(folder)
             if vision_tokenizer is None:
                 vision_tokenizer = checkpoint.find_vision_tokenizer(folder)

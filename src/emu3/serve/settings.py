@@ -1,0 +1,43 @@
+"""The server's knobs: limits on requests, the queue's size and batching, and event pacing.
+
+One frozen dataclass, filled by `emu3 serve` flags or by tests. It checks its own values and
+knows nothing of HTTP or the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits and pacing of one server. Every count and size must be positive."""
+
+    model_name: str = "emu3"
+    api_key: str | None = None           # when set, /v1/* needs `Authorization: Bearer <key>`
+    queue_size: int = 16                 # requests waiting (not yet running) before new ones get 503
+    max_batch_images: int = 8            # images generated together in one model call
+    max_n: int = 4                       # images per generation request
+    max_prompt_chars: int = 2000         # an image prompt, a negative prompt, one chat message's text
+    max_images: int = 4                  # images in one chat request (all turns)
+    max_image_bytes: int = 10 * MiB      # one decoded image file
+    max_image_pixels: int = 4096 * 4096  # one image's width x height, checked before decoding pixels
+    max_body_bytes: int = 24 * MiB       # one request body
+    max_new_tokens: int = 1024           # the most a chat answer may be asked for (and its default)
+    progress_interval: float = 0.1       # seconds between progress events of a streamed job
+    preview_interval: float = 1.0        # seconds between partial-image previews (0: every new row)
+    keepalive_interval: float = 15.0     # seconds of silence before a stream sends an SSE comment
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("model_name", "api_key"):
+                if value is not None and not value:
+                    raise ValueError(f"{f.name} must not be empty")
+            elif f.name in ("progress_interval", "preview_interval"):
+                if value < 0:
+                    raise ValueError(f"{f.name} must be >= 0, got {value}")
+            elif value <= 0:
+                raise ValueError(f"{f.name} must be > 0, got {value}")

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from emu3.datasets.shapes import (COLORS, DIRECTIONS, HELD_OUT_PAIRS, PALETTE, CaptionError, Description, Mention,
+from emu3.datasets.shapes import (DIRECTIONS, HELD_OUT_PAIRS, PALETTE, CaptionError, Description, Mention,
                                   Obj, RelationClaim, Scene, caption_text, parse_caption, questions_for, render,
                                   render_array, render_video, sample_captioned_scene, sample_video, scene_for,
                                   split_of, write_dataset)
@@ -120,7 +120,8 @@ def test_split_holds_out_compositions_but_not_their_parts(samples):
             assert not pairs & HELD_OUT_PAIRS
     held = [s for s in samples if split_of(s.description) == "heldout"]
     assert len(held) == 200
-    seen_in_train = {(m.color, m.shape) for s in samples if split_of(s.description) == "train" for m in s.description.mentions}
+    seen_in_train = {(m.color, m.shape) for s in samples if split_of(s.description) == "train"
+                     for m in s.description.mentions}
     for color, shape in HELD_OUT_PAIRS:  # the parts of every held-out pair are trained on
         assert any(c == color for c, _ in seen_in_train) and any(sh == shape for _, sh in seen_in_train)
     assert relation_held_out("square", "below", "triangle") == relation_held_out("triangle", "above", "square")
@@ -182,7 +183,8 @@ def test_write_dataset_is_deterministic_and_readable_by_training(tmp_path):
     assert a.read_text() == b.read_text()
     lines = a.read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert [sorted(r) for r in records] == [["caption", "image"]] * 4 + [["image", "turns"]] * 3 + [["caption", "frames"]] * 2
+    kinds = [sorted(r) for r in records]
+    assert kinds == [["caption", "image"]] * 4 + [["image", "turns"]] * 3 + [["caption", "frames"]] * 2
     assert records[0]["image"] == "img/000001.png" and len(records[-1]["frames"]) == 8
     for path in [r["image"] for r in records if "image" in r] + records[-1]["frames"]:
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()

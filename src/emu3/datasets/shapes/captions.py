@@ -50,7 +50,8 @@ class CaptionError(ValueError):
     """A caption outside the Shapes grammar."""
 
 
-def _a(word: str) -> str:
+def with_article(word: str) -> str:
+    """"a red circle", "an orange circle"."""
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
@@ -63,7 +64,7 @@ def mention_text(m: Mention, rng: random.Random | None = None) -> str:
     words = [_pick(SIZE_WORDS[m.size], rng)] if m.size else []
     words += [m.color, m.shape + ("s" if m.count > 1 else "")]
     phrase = " ".join(words)
-    phrase = _a(phrase) if m.count == 1 else f"{COUNT_WORDS[m.count]} {phrase}"
+    phrase = with_article(phrase) if m.count == 1 else f"{COUNT_WORDS[m.count]} {phrase}"
     if m.position is not None:
         phrase += " " + _pick(POSITION_PHRASES[m.position], rng)
     return phrase
@@ -79,7 +80,7 @@ def caption_text(description: Description, rng: random.Random | None = None) -> 
     else:
         body = ", ".join(parts[:-1]) + " and " + parts[-1]
     if description.background is not None:
-        body += " " + _pick(BACKGROUND_PHRASES, rng).format(_a(description.background))
+        body += " " + _pick(BACKGROUND_PHRASES, rng).format(with_article(description.background))
     return _pick(LEADS, rng) + body
 
 

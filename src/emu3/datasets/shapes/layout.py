@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 
+from emu3.datasets.shapes.captions import caption_text
 from emu3.datasets.shapes.description import Description
 from emu3.datasets.shapes.scene import Obj, Scene
 from emu3.datasets.shapes.world import COLORS, SIZES, position_holds, relation_holds
@@ -47,7 +48,7 @@ def scene_for(description: Description, seed: int | random.Random) -> Scene:
             used = {o.color for o in placed}
             background = description.background or rng.choice([c for c in COLORS if c not in used])
             return Scene(background, tuple(placed))
-    raise LayoutError(f"found no arrangement of {description} in {_RESTARTS} attempts")
+    raise LayoutError(f"found no arrangement of {caption_text(description)!r} in {_RESTARTS} attempts")
 
 
 def _place(mention, size: str, placed: list[Obj], description: Description, rng: random.Random) -> Obj | None:

@@ -22,14 +22,12 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from emu3.datasets.shapes.captions import POSITION_PHRASES, RELATION_PHRASES, with_article
 from emu3.datasets.shapes.scene import Scene
 from emu3.datasets.shapes.world import COLORS, POSITIONS, RELATIONS, SHAPES, position_holds, relation_holds, where
 
 QUESTION_KINDS: tuple[str, ...] = ("color", "shape", "count", "position", "background", "yes_no")
 CERTAINTY_MARGIN = 0.03
-_RELATION_WORDS = {"left_of": "to the left of", "right_of": "to the right of", "above": "above", "below": "below"}
-_POSITION_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top",
-                   "bottom": "at the bottom", "center": "in the center"}
 
 
 @dataclass(frozen=True)
@@ -64,13 +62,13 @@ def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
 
     yes, no = [], []
     absent = [(c, s) for c in COLORS for s in SHAPES if c != scene.background and (c, s) not in pairs]
-    yes += [f"is there a {c} {s}?" for c, s in pairs]
-    no += [f"is there a {c} {s}?" for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
+    yes += [f"is there {with_article(f'{c} {s}')}?" for c, s in pairs]
+    no += [f"is there {with_article(f'{c} {s}')}?" for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
     for o in unique:
         for p in POSITIONS:
             answer = _yes_no(position_holds(p, o.x, o.y, m), position_holds(p, o.x, o.y, -m))
             if answer is not None:
-                (yes if answer == "yes" else no).append(f"is the {o.color} {o.shape} {_POSITION_WORDS[p]}?")
+                (yes if answer == "yes" else no).append(f"is the {o.color} {o.shape} {POSITION_PHRASES[p][0]}?")
         for other in unique:
             if other is o:
                 continue
@@ -79,7 +77,7 @@ def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
                 answer = _yes_no(relation_holds(r, a, b, m), relation_holds(r, a, b, -m))
                 if answer is not None:
                     (yes if answer == "yes" else no).append(
-                        f"is the {o.color} {o.shape} {_RELATION_WORDS[r]} the {other.color} {other.shape}?")
+                        f"is the {o.color} {o.shape} {RELATION_PHRASES[r][0]} the {other.color} {other.shape}?")
     k = min(len(yes), len(no)) or 1  # balance yes and no
     out += [QA(q, "yes", "yes_no") for q in rng.sample(yes, min(k, len(yes)))]
     out += [QA(q, "no", "yes_no") for q in rng.sample(no, min(k, len(no)))]

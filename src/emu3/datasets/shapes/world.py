@@ -18,6 +18,7 @@ This module holds no randomness, no pictures and no sentences.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -44,7 +45,7 @@ _THIRD = 1.0 / 3.0
 _SIZE_THRESHOLD = math.sqrt(SIZES["small"] * SIZES["large"])
 
 
-def check_name(kind: str, value: str, allowed) -> str:
+def check_name(kind: str, value: str, allowed: Iterable[str]) -> str:
     """Return `value` if it is one of `allowed`, else raise a ValueError naming the choices."""
     if value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; the Shapes world knows {', '.join(allowed)}")

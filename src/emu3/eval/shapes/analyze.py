@@ -99,7 +99,8 @@ def _template(shape: str) -> tuple[float, float, float]:
     """A shape's fill of its box and its centroid (u, v) in box coordinates, from a fine raster."""
     t = (np.arange(256) + 0.5) / 128 - 1
     mask = shape_mask(shape, t[None, :], t[:, None])  # (256, 256)
-    return float(mask.mean()), float((t[None, :] * mask).sum() / mask.sum()), float((t[:, None] * mask).sum() / mask.sum())
+    u, v = np.broadcast_arrays(t[None, :], t[:, None])
+    return float(mask.mean()), float(u[mask].mean()), float(v[mask].mean())
 
 
 def fit_shape(ys: np.ndarray, xs: np.ndarray, h: int, w: int) -> tuple[str, float, float, float, float]:

@@ -188,6 +188,8 @@ def format_report(report: ShapesReport) -> str:
         lines += [f"  {c:<14}{v:>8.3f}{s.category_counts[c]:>7}" for c, v in s.categories.items()]
     if report.answers is not None:
         a = report.answers
-        lines += ["", f"{'questions':<16}{'accuracy':>8}{'n':>7}   ({report.image_size}x{report.image_size} pictures)", f"{'overall':<16}{a.accuracy:>8.3f}{a.n_questions:>7}"]
+        size = f"({report.image_size}x{report.image_size} pictures)"
+        lines += ["", f"{'questions':<16}{'accuracy':>8}{'n':>7}   {size}",
+                  f"{'overall':<16}{a.accuracy:>8.3f}{a.n_questions:>7}"]
         lines += [f"  {k:<14}{v:>8.3f}{a.kind_counts[k]:>7}" for k, v in a.kinds.items()]
     return "\n".join(lines)

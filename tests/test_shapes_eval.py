@@ -1,0 +1,147 @@
+"""ShapesEval (emu3.eval.shapes): the analyzer validated on ground truth, shuffled pairs and degraded
+pictures; answer matching; motion scoring; the seeded benchmark report."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from emu3.datasets.shapes import (COLORS, SHAPES, Obj, Scene, parse_caption, render, render_video, sample_video,
+                                  scene_for)
+from emu3.eval.shapes import (analyze, answer_matches, compare_motion, eval_prompts, eval_questions, evaluate_shapes,
+                              format_report, normalize_answer, score_answers, score_images, track_objects,
+                              vqa_accuracy)
+
+
+def degrade(image: Image.Image, seed: int, sigma: float = 10.0, blur: float = 0.8) -> Image.Image:
+    """Slight blur plus gaussian noise, the way a VQ reconstruction is not pixel-exact."""
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32)
+    pixels += np.random.default_rng(seed).normal(0.0, sigma, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def jpeg(image: Image.Image, quality: int = 75) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return eval_prompts(300, seed=0)
+
+
+@pytest.fixture(scope="module")
+def truth(prompts):
+    """Ground truth rendered from the prompt text alone (parse, lay out, draw)."""
+    return [render(scene_for(parse_caption(p.text), i)) for i, p in enumerate(prompts)]
+
+
+def test_ground_truth_scores_near_one(prompts, truth):
+    scores = score_images(prompts, truth)
+    assert scores.overall >= 0.97, scores.failures[:3]
+    assert set(scores.categories) == {"color", "shape", "object", "size", "count", "position", "relation", "background"}
+    assert min(scores.categories.values()) >= 0.95
+
+
+def test_shuffled_pairs_score_low(prompts, truth):
+    shuffled = truth[1:] + truth[:1]
+    assert score_images(prompts, shuffled).overall <= 0.3
+
+
+def test_noise_and_blur_still_score_high(prompts, truth):
+    degraded = [degrade(image, i) for i, image in enumerate(truth)]
+    assert score_images(prompts, degraded).overall >= 0.9
+    assert score_images(prompts[:100], [jpeg(image) for image in degraded[:100]]).overall >= 0.85
+
+
+def test_larger_pictures_read_the_same(prompts):
+    images = [degrade(render(p.scene, 128), i) for i, p in enumerate(prompts[:60])]
+    assert score_images(prompts[:60], images).overall >= 0.95
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_analyzer_reads_single_objects_exactly(shape, size):
+    for i, color in enumerate(c for c in COLORS if c != "green"):
+        x, y = 0.3 + 0.05 * i, 0.7 - 0.05 * i
+        analysis = analyze(render(Scene("green", [Obj(shape, color, size, x, y)])))
+        assert analysis.background == "green"
+        o, = analysis.objects
+        assert (o.color, o.shape, o.size) == (color, shape, size)
+        assert abs(o.x - x) < 1 / 64 and abs(o.y - y) < 1 / 64
+        assert o.fit > 0.95
+
+
+def test_analyzer_ignores_noise_and_rejects_bad_input():
+    noise = np.random.default_rng(0).normal(0, 12, (64, 64, 3)) + np.array([15, 15, 15])
+    assert analyze(np.clip(noise, 0, 255)).objects == ()
+    assert analyze(render(Scene("white"))).objects == ()
+    with pytest.raises(ValueError, match="square pictures"):
+        analyze(np.zeros((64, 32, 3)))
+    with pytest.raises(ValueError, match="RGB array"):
+        analyze(np.zeros((64, 64)))
+
+
+def test_answer_normalisation():
+    assert normalize_answer("Two.") == "2" and normalize_answer("The Middle!") == "center"
+    assert normalize_answer("Circles") == "circle" and normalize_answer("upper left") == "top left"
+    assert answer_matches("It's red.", "red") and answer_matches("there are three", "3")
+    assert not answer_matches("red and blue", "red") and not answer_matches("no", "yes")
+    assert vqa_accuracy([("yes", "yes"), ("2", "two"), ("blue", "red"), ("square", "circle")]) == 0.5
+    with pytest.raises(ValueError):
+        vqa_accuracy([])
+
+
+def test_answer_scoring_by_kind():
+    items = eval_questions(60, seed=1)
+    assert items == eval_questions(60, seed=1) and items[0].image.size == (64, 64)
+    perfect = score_answers(items, [item.answer.upper() + "." for item in items])
+    assert perfect.accuracy == 1.0 and sum(perfect.kind_counts.values()) == 60
+    always_yes = score_answers(items, ["yes"] * len(items))
+    assert always_yes.kinds.get("color", 0.0) == 0.0 and always_yes.accuracy < 0.5
+    with pytest.raises(ValueError, match="60 questions but 1 answers"):
+        score_answers(items, ["yes"])
+
+
+def test_motion_scores_ground_truth_high_and_wrong_motion_low():
+    video = sample_video(random.Random(4), 8, max_objects=2)
+    frames = render_video(video)
+    reference = video.tracks()
+    assert set(track_objects(frames)) == set(reference)
+    exact = compare_motion([degrade(f, i) for i, f in enumerate(frames)], reference)
+    assert exact.found == 1.0 and exact.direction_accuracy == 1.0 and exact.position_error < 0.02
+    reversed_clip = compare_motion(frames[::-1], reference)
+    assert reversed_clip.direction_accuracy <= 0.5 and reversed_clip.position_error > exact.position_error
+    frozen = compare_motion([frames[0]] * 8, reference)
+    assert frozen.direction_accuracy == 0.0
+    empty = compare_motion([render(Scene(video.background))] * 8, reference)
+    assert empty.found == 0.0 and math.isnan(empty.position_error)
+    with pytest.raises(ValueError, match="expected \\(4, 2\\)"):
+        compare_motion(frames[:4], reference)
+
+
+def test_evaluate_shapes_report_is_seeded_and_serialisable():
+    def generate(prompt, seed):
+        return render(scene_for(parse_caption(prompt), seed))
+
+    def answer(image, question):
+        return "yes"
+
+    report = evaluate_shapes(generate, answer, n_prompts=30, n_questions=30, seed=3)
+    assert report.images.overall == 1.0 and report.answers.n_questions == 30
+    again = evaluate_shapes(generate, answer, n_prompts=30, n_questions=30, seed=3)
+    assert json.dumps(report.to_dict()) == json.dumps(again.to_dict())
+    text = format_report(report)
+    assert "overall" in text and "relation" in text and "yes_no" in text
+    assert [p.text for p in eval_prompts(30, seed=3)] != [p.text for p in eval_prompts(30, seed=4)]
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluate_shapes()
+    with pytest.raises(ValueError, match="unknown split"):
+        eval_prompts(5, split="test")

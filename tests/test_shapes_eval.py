@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,13 @@ def test_evaluate_shapes_report_is_seeded_and_serialisable():
         evaluate_shapes()
     with pytest.raises(ValueError, match="unknown split"):
         eval_prompts(5, split="test")
+
+
+def test_readme_shapes_example_runs(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## The Shapes world and ShapesEval", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert Image.open(tmp_path / "truth.png").size == (64, 64)
+    assert "overall            1.000" in capsys.readouterr().out

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from emu3.datasets.shapes import (DIRECTIONS, HELD_OUT_PAIRS, PALETTE, CaptionError, Description, Mention,
-                                  Obj, RelationClaim, Scene, caption_text, parse_caption, questions_for, render,
+from emu3.datasets.shapes import (DIRECTIONS, HELD_OUT_PAIRS, PALETTE, CaptionError, Description, Mention, Mover,
+                                  Obj, Video, RelationClaim, Scene, caption_text, parse_caption, questions_for, render,
                                   render_array, render_video, sample_captioned_scene, sample_video, scene_for,
                                   split_of, write_dataset)
 from emu3.datasets.shapes.split import relation_held_out
@@ -173,6 +173,11 @@ def test_videos_move_as_captioned_and_bounce_inside_the_picture():
     assert len(frames) == 8 and frames[0].size == (32, 32)
     with pytest.raises(ValueError, match="multiple of 4"):
         sample_video(rng, 6)
+    with pytest.raises(ValueError, match="inside the picture"):
+        Mover(Obj("circle", "red", "large", 0.17, 0.5), "left", 0.05)
+    mover = Mover(Obj("circle", "red", "small", 0.3, 0.3), "left", 0.05)
+    with pytest.raises(ValueError, match="differ in color or shape"):
+        Video("black", (mover, mover))
 
 
 def test_write_dataset_is_deterministic_and_readable_by_training(tmp_path):

@@ -57,6 +57,9 @@ class Mover:
         check_name("direction", self.direction, tuple(DIRECTIONS))
         if not self.speed > 0:
             raise ValueError(f"speed must be positive, got {self.speed}")
+        if not self.obj.inside(_EDGE):
+            raise ValueError(f"a moving {self.obj.color} {self.obj.shape} must start at least {_EDGE} inside "
+                             f"the picture, it starts at ({self.obj.x:.3f}, {self.obj.y:.3f})")
 
     def path(self, n_frames: int) -> tuple[np.ndarray, int | None]:
         """Centres (n_frames, 2) with reflections off the edges, and the first frame after a bounce."""
@@ -72,12 +75,17 @@ class Mover:
 
 @dataclass(frozen=True)
 class Video:
+    """Objects on a plain background, each moving in a straight line and bouncing off the edges."""
+
     background: str
     movers: tuple[Mover, ...]
     n_frames: int = DEFAULT_FRAMES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "movers", tuple(self.movers))
+        kinds = [(m.obj.color, m.obj.shape) for m in self.movers]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"moving objects must differ in color or shape (they are tracked by it), got {kinds}")
         if self.n_frames < 4 or self.n_frames % 4:
             raise ValueError(f"n_frames must be a positive multiple of 4 (the vision tokenizer encodes "
                              f"groups of 4 frames), got {self.n_frames}")
@@ -137,4 +145,4 @@ def sample_video(rng: random.Random, n_frames: int = DEFAULT_FRAMES, split: str 
         early = any((b := m.path(n_frames)[1]) is not None and b < n_frames // 2 for m in movers)
         if not early and _apart_throughout(movers, n_frames):
             return Video(background, tuple(movers), n_frames)
-    raise RuntimeError(f"drew {_MAX_DRAWS} videos without one whose objects never overlap")
+    raise RuntimeError(f"drew {_MAX_DRAWS} videos without one whose objects never overlap and bounce late")

@@ -4,7 +4,9 @@
 the vision tokenizer), `emu3 serve` (the HTTP API and web page; its arguments live in
 emu3.serve.cli). Device and dtype are resolved here once. `--json` prints one JSON object on
 stdout; progress goes to stderr. Expected failures (bad files, bad values) exit with status 2 and a
-one-line message instead of a traceback.
+one-line message instead of a traceback. `generate` and `chat` tell Emu3 from Emu3.5 checkpoints by
+their files; Emu3.5's side and its own commands (`edit`, `story`, `howto`, `explore`, `vla`) live in
+emu3.emu35.cli.
 """
 
 from __future__ import annotations
@@ -101,15 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     _add_common(gen)
     gen.add_argument("-o", "--output", required=True, help="output image (with --batch N: name_0.png ...)")
-    gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1)")
+    gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1; Emu3.5: a preset or auto)")
     gen.add_argument("--image-area", type=int, default=None, help="pixel area (default: the model's image_area)")
-    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help="classifier-free guidance scale (default: 3.0 for Emu3, the t2i setting for Emu3.5)")
     gen.add_argument("--positive-prompt", default=POSITIVE_PROMPT, help="suffix appended to the prompt")
     gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT, help="unconditional context for guidance")
     gen.add_argument("--batch", type=int, default=1, help="number of images")
     gen.add_argument("--speculative", type=int, default=0, metavar="N",
                      help="speculative Jacobi decoding with N draft tokens per forward (0: off)")
-    _add_sampling(gen, top_k=2048, greedy_default=False)
+    gen.add_argument("--max-new-tokens", type=int, default=None, help="Emu3.5 only: token budget (default 5120)")
+    _add_sampling(gen, top_k=None, greedy_default=False)
     gen.set_defaults(run=cmd_generate)
 
     chat = sub.add_parser("chat", help="answer a question about images")
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(chat)
     chat.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
     chat.add_argument("--max-new-tokens", type=int, default=1024)
+    chat.add_argument("--image-area", type=int, default=None, help="Emu3.5 only: pixel area of the images")
     _add_sampling(chat, top_k=None, greedy_default=True)
     chat.set_defaults(run=cmd_chat)
 
@@ -125,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rec, lm=False)
     rec.add_argument("-o", "--output", required=True, help="output image, GIF/WebP, or folder for frames")
     rec.set_defaults(run=cmd_reconstruct)
+
+    from emu3.emu35.cli import add_parsers as add_emu35_parsers
+
+    add_emu35_parsers(sub)
 
     from emu3.serve.cli import add_parser as add_serve_parser
 
@@ -146,6 +155,12 @@ def _load(args: argparse.Namespace, *, lm: bool = True):
     return Emu3.load(args.model if lm else None, args.vision_tokenizer, device=device, dtype=dtype)
 
 
+def _is_emu35(model: str) -> bool:
+    from emu3.checkpoint import EMU35_FAMILY, detect_family
+
+    return detect_family(model) == EMU35_FAMILY
+
+
 def _output_paths(output: str, n: int) -> list[Path]:
     out = Path(output)
     if n == 1:
@@ -160,6 +175,14 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.speculative < 0:
         raise ValueError(f"--speculative must be >= 0, got {args.speculative}")
+    if _is_emu35(args.model):
+        from emu3.emu35.cli import generate_from_args
+
+        return generate_from_args(args)
+    if args.max_new_tokens is not None:
+        raise ValueError("--max-new-tokens applies to Emu3.5 checkpoints only (an Emu3 image has a fixed length)")
+    args.cfg = 3.0 if args.cfg is None else args.cfg
+    args.top_k = 2048 if args.top_k is None else args.top_k
     m = _load(args)
     bar = ProgressBar("generate", not args.quiet)
     result = text_to_image(
@@ -182,6 +205,12 @@ def cmd_chat(args: argparse.Namespace) -> dict:
     from emu3.pipelines.understanding import answer
     from emu3.vision import load_image
 
+    if _is_emu35(args.model):
+        from emu3.emu35.cli import chat_from_args
+
+        return chat_from_args(args)
+    if args.image_area is not None:
+        raise ValueError("--image-area applies to Emu3.5 checkpoints only (Emu3 sizes images by its processor)")
     images = [load_image(p) for p in args.image]
     m = _load(args)
     bar = ProgressBar("answer", not args.quiet)

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--quantize", choices=["int8", "fp8"], help="weight-only quantization of the LM (torchao)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("EMU3_API_KEY"),
@@ -42,26 +43,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> dict:
-    from emu3.cli import resolve_device, resolve_dtype
-
     try:
         import uvicorn
 
         from emu3.serve.app import create_app
     except ImportError as err:
         raise ValueError(f"serving needs the serve extra ({err}): pip install 'emu3[serve]'") from None
+    from emu3.checkpoint import EMU35_FAMILY, detect_family
+    from emu3.cli import resolve_device, resolve_dtype
+    from emu3.pipelines import Emu3
+
     if not args.model:
         raise ValueError("--model DIR is required (no model is bundled yet)")
     settings = Settings(model_name=args.model_name or Path(str(args.model).rstrip("/")).name, api_key=args.api_key,
                         queue_size=args.queue_size, max_batch_images=args.max_batch_images,
                         preview_interval=args.preview_interval)
+    if detect_family(args.model) == EMU35_FAMILY:
+        raise ValueError(f"{args.model} is an Emu3.5 checkpoint; emu3 serve serves Emu3 checkpoints only")
     if not _is_loopback(args.host) and settings.api_key is None:
         print(f"emu3 serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               f"address can use the model", file=sys.stderr)
-    from emu3.pipelines import Emu3
-
     device = resolve_device(args.device)
-    m = Emu3.load(args.model, args.vision_tokenizer, device=device, dtype=resolve_dtype(args.dtype, device))
+    m = Emu3.load(args.model, args.vision_tokenizer, device=device, dtype=resolve_dtype(args.dtype, device),
+                  quantize=args.quantize)
     uvicorn.run(create_app(m, settings), host=args.host, port=args.port, timeout_graceful_shutdown=5)
     return {}
 

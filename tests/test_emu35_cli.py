@@ -1,0 +1,118 @@
+"""The Emu3.5 commands end to end on the tiny fixture (Emu3.5-tiny LM + IBQ), at small image areas.
+
+`emu3 generate` runs the real loading path once; the other commands reuse one loaded bundle (the
+tokenizer alone takes seconds to build), which changes nothing but the time taken.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emu3.cli import main
+from emu3.emu35.bundle import Emu35
+from emu3.vocab import EMU35
+from tests.conftest import REPO
+
+
+def run_json(capsys, argv):
+    assert main(argv + ["--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(emu35_fixture):
+    return str(emu35_fixture / "Emu3.5-tiny")
+
+
+@pytest.fixture(scope="module")
+def bundle(lm_dir):
+    return Emu35.load(lm_dir)
+
+
+@pytest.fixture
+def loaded(bundle, monkeypatch):
+    monkeypatch.setattr(Emu35, "load", classmethod(lambda cls, *args, **kwargs: bundle))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_generate_picks_emu35_from_the_checkpoint(capsys, tmp_path, lm_dir):
+    out = run_json(capsys, ["generate", "a red cat", "--model", lm_dir, "--image-area", "4096", "--max-new-tokens",
+                            "32", "--seed", "3", "--batch", "2", "-o", str(tmp_path / "cat.png")])
+    assert out["images"] == [str(tmp_path / "cat_0.png"), str(tmp_path / "cat_1.png")]
+    assert out["grid"] == [4, 4] and out["seeds"] == [3, 4]
+    for ids in out["token_ids"]:
+        assert ids[-1] == EMU35.eoi and ids.count(EMU35.boi) == 1 and len(ids) <= 32
+    assert Image.open(tmp_path / "cat_1.png").size == (64, 64)
+
+
+def test_edit_follows_the_reference_size(capsys, tmp_path, lm_dir, reference, loaded):
+    out = run_json(capsys, ["edit", "make the sky green", "--image", reference, "--model", lm_dir, "--image-area",
+                            "6144", "--max-new-tokens", "48", "--seed", "0", "-o", str(tmp_path / "e.png")])
+    assert out["grid"] == [4, 6] and Image.open(tmp_path / "e.png").size == (96, 64)
+
+
+@pytest.mark.parametrize("task", ["story", "howto"])
+def test_interleaved_commands_write_a_result_and_a_viewer(capsys, tmp_path, lm_dir, reference, loaded, task):
+    extra = ["--image", reference, "--steps", "3"] if task == "howto" else []
+    out = run_json(capsys, [task, "a fox and a crow", "--model", lm_dir, "--image-area", "6144", "--max-new-tokens",
+                            "24", "--seed", "1", "-o", str(tmp_path / task)] + extra)
+    data = json.loads((tmp_path / task / "result.json").read_text())
+    assert out["result"] == str(tmp_path / task / "result.json") and out["stopped"] == data["stopped"]
+    assert data["task"] == task and data["prompt"] == "a fox and a crow" and data["seed"] == 1
+    assert data["stopped"] in ("eos", "length") and all(s["type"] in ("text", "global_cot", "image_cot", "image")
+                                                        for s in data["segments"])
+    assert len(data["token_ids"]) <= 24
+    html = (tmp_path / task / "index.html").read_text()
+    assert "a fox and a crow" in html
+    if task == "howto":
+        assert data["reference_images"] == ["reference_00.png"] and (tmp_path / task / "reference_00.png").is_file()
+
+
+def test_chat_answers_in_text_only(capsys, lm_dir, reference, loaded):
+    out = run_json(capsys, ["chat", "what is it?", "--image", reference, "--image-area", "6144", "--model", lm_dir,
+                            "--max-new-tokens", "6"])
+    assert isinstance(out["text"], str) and len(out["token_ids"]) <= 6
+    assert not any(EMU35.is_visual(t) or t == EMU35.boi for t in out["token_ids"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x", "--ratio", "5:4", "-o", "x.png"], "unknown aspect ratio"),
+    (["generate", "x", "--negative-prompt", "ugly", "-o", "x.png"], "apply to Emu3 only"),
+    (["edit", "x", "-o", "x.png"] + ["--image", "REF"] * 4, "at most 3 reference images"),
+    (["story", "x", "--image-area", "4", "--image", "REF", "-o", "out"], "too small"),
+])
+def test_bad_requests_exit_2_with_a_message(capsys, lm_dir, reference, loaded, argv, message):
+    argv = [reference if a == "REF" else a for a in argv]
+    assert main(argv + ["--model", lm_dir, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_emu3_only_options_are_refused_for_emu3(capsys, emu3_fixture):
+    argv = ["generate", "x", "--model", str(emu3_fixture / "Emu3-tiny"), "--max-new-tokens", "9", "-o", "x.png"]
+    assert main(argv) == 2
+    assert "Emu3.5 checkpoints only" in capsys.readouterr().err
+
+
+def test_readme_emu35_commands_run(capsys, tmp_path, monkeypatch, emu35_fixture, loaded):
+    section = (REPO / "README.md").read_text().split("## Emu3.5\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["emu3", "generate"], ["emu3", "story"]]
+    monkeypatch.chdir(REPO)
+    for argv in commands:
+        out = argv.index("-o") + 1
+        argv[out] = str(tmp_path / argv[out])
+        assert main(argv[1:] + ["--quiet"]) == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "cat.png").size == (64, 64)
+    assert (tmp_path / "story" / "index.html").is_file()

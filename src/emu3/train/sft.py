@@ -131,11 +131,8 @@ class SFTTask:
         rows = []
         for index, drop in zip(batch.indices, batch.drop_prompt):
             s = self.data.sample(index)
-            ids, mask = s.ids, s.loss_mask
-            a, b = s.prompt_span
-            if drop and b > a:
-                ids, mask = torch.cat([ids[:a], ids[b:]]), torch.cat([mask[:a], mask[b:]])
-            rows.append((ids, mask))
+            s = s.without_prompt() if drop else s
+            rows.append((s.ids, s.loss_mask))
         width = max(len(ids) for ids, _ in rows) - 1
         inputs = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         targets = torch.full((len(rows), width), self.pad_id, dtype=torch.long)

@@ -81,6 +81,15 @@ class Sample:
     prompt_span: tuple[int, int]
     task: str
 
+    def without_prompt(self) -> "Sample":
+        """The same example with its prompt span (the caption) removed: caption dropout."""
+        a, b = self.prompt_span
+        if b <= a:
+            return self
+        ids = torch.cat([self.ids[:a], self.ids[b:]])
+        mask = torch.cat([self.loss_mask[:a], self.loss_mask[b:]])
+        return Sample(ids, mask, (a, a), self.task)
+
 
 class Shard:
     """One shard file: the small per-example tables in memory, ids and masks read on demand."""

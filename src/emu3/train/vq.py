@@ -89,8 +89,8 @@ class VQLoss(nn.Module):
         pixel = diff.abs().mean(pix_dims) if self.cfg.recon_loss == "l1" else diff.pow(2).mean(pix_dims)  # (B,)
         loss = pixel + self.cfg.codebook_weight * codebook + self.cfg.commitment_beta * commit
         if self._lpips is not None:
-            flat = lambda x: x.reshape(-1, *x.shape[-3:])  # noqa: E731
-            lp = self._lpips.to(recon.device)(flat(recon), flat(pixels.float())).reshape(pixels.shape[0], -1).mean(1)
+            frames, target = recon.reshape(-1, *recon.shape[-3:]), pixels.float().reshape(-1, *pixels.shape[-3:])
+            lp = self._lpips.to(recon.device)(frames, target).reshape(pixels.shape[0], -1).mean(1)  # (B,)
             loss = loss + self.cfg.perceptual_weight * lp
         mse = ((recon.detach().clamp(-1, 1) - pixels.float()) / 2).pow(2).mean(pix_dims)  # on the [0, 1] scale
         psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))

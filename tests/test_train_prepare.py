@@ -1,0 +1,114 @@
+"""`emu3 prepare` with the real fixture tokenizer and vision tokenizer: layouts, bad data, resumption."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emu3.cli import main
+from emu3.train.config import PrepareConfig
+from emu3.train.prepare import prepare
+from emu3.train.shards import DataError, open_folder, shard_path
+from tests.test_train_utils import one_thread  # noqa: F401
+
+
+def _image(path, h=48, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path.name
+
+
+def _write_manifest(tmp_path):
+    _image(tmp_path / "a.png")
+    _image(tmp_path / "b.png", seed=1)
+    (tmp_path / "clip").mkdir()
+    for i in range(16):
+        _image(tmp_path / "clip" / f"{i:02d}.png", 64, 64, seed=10 + i)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    records = [
+        {"id": "t2i", "image": "a.png", "caption": "a red fox"},
+        {"image": "b.png", "question": "What is it", "answer": "A fox."},
+        {"image": "b.png", "turns": [{"question": "Q1", "answer": "A1"}, {"question": "Q2", "answer": "A2"}]},
+        {"frames": ["clip/00.png", "clip/01.png", "clip/02.png"], "caption": "three frames"},
+        {"video": "clip", "caption": "sixteen frames"},  # 4 latent frames: longer than --max-seq-len
+        {"image": "missing.png", "caption": "x"},
+        {"image": "corrupt.png", "caption": "x"},
+        {"image": "a.png", "caption": "   "},
+        {"image": "a.png", "captoin": "typo"},
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n{broken json\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, emu3_fixture):
+    """(manifest, data folder, summary) of one prepare run, shared by the tests below (copy before changing)."""
+    import torch
+
+    tmp = tmp_path_factory.mktemp("prepare")
+    manifest = _write_manifest(tmp)
+    summary = prepare(_cfg(manifest, tmp / "out", emu3_fixture), torch.device("cpu"))
+    return manifest, tmp / "out", summary
+
+
+def _cfg(manifest, out, fixture, **kw):
+    return PrepareConfig(manifest=str(manifest), output=str(out), model=str(fixture / "Emu3-tiny"),
+                         max_seq_len=200, records_per_shard=3, quiet=True, **kw)
+
+
+def test_prepare_writes_shards_and_skips_bad_records(prepared):
+    _, out, summary = prepared
+    assert summary["records"] == 10 and summary["examples"] == 4 and summary["skipped"] == 6
+    assert summary["skipped_by_reason"] == {"too long": 1, "missing file": 1, "unreadable media": 1,
+                                            "empty caption": 1, "invalid record": 1, "invalid json": 1}
+    assert [s["line"] for s in summary["skipped_records"]] == [5, 6, 7, 8, 9, 10]
+    assert "more than the 200" in summary["skipped_records"][0]["message"]
+    assert summary["tasks"] == {"t2i": 1, "vqa": 2, "video": 1}
+    assert summary["shards_written"] == 4 and summary["shards_reused"] == 0
+    info, shards = open_folder(out)
+    assert info["vocab_size"] == 184622 and info["image_area"] == 4096 and len(shards) == 4
+    first = shards[0].sample(0)
+    # 64x48 rescaled to the 4096-pixel area, then smart-resized: 72x56 pixels, a 7x9 grid.
+    assert first.task == "t2i" and first.prompt_span == (1, 1 + 3)  # "a red fox" is 3 tokens
+    assert int(first.loss_mask.sum()) == 63 and len(first.ids) == 1 + 3 + 5 + 7 * 10 + 2
+    grids = shards[0]._file.get_tensor("grids").tolist()
+    assert grids == [[1, 7, 9], [1, 7, 9], [1, 7, 9]]
+    assert shards[1].sample(0).task == "video"
+    assert shards[1]._file.get_tensor("grids").tolist() == [[1, 8, 8]]  # 3 frames padded to 4: 1 latent frame
+    assert json.loads((out / "summary.json").read_text())["examples"] == 4
+
+
+def test_prepare_resumes_and_refuses_other_settings(prepared, tmp_path, emu3_fixture):
+    import torch
+
+    manifest, out, first = prepared
+    shutil.copytree(out, tmp_path / "out")
+    cfg = _cfg(manifest, tmp_path / "out", emu3_fixture)
+    before = shard_path(tmp_path / "out", 0).read_bytes()
+    shard_path(tmp_path / "out", 2).unlink()  # as if the run had been killed while writing shard 2
+    (tmp_path / "out" / ".tmp-shard-00002.safetensors").write_bytes(b"half")  # its leftover temp file
+    again = prepare(cfg, torch.device("cpu"))
+    assert again["shards_written"] == 1 and again["shards_reused"] == 3
+    assert {k: again[k] for k in ("examples", "tokens", "skipped_by_reason")} == \
+        {k: first[k] for k in ("examples", "tokens", "skipped_by_reason")}
+    assert shard_path(tmp_path / "out", 0).read_bytes() == before
+    with pytest.raises(DataError, match="other settings"):
+        prepare(_cfg(manifest, tmp_path / "out", emu3_fixture, video_mode="frames"), torch.device("cpu"))
+    shard_path(tmp_path / "out", 1).unlink()
+    with pytest.raises(DataError, match="incomplete"):  # training refuses an unfinished folder
+        open_folder(tmp_path / "out")
+
+
+def test_prepare_command(prepared, tmp_path, emu3_fixture, capsys):
+    manifest = prepared[0]
+    argv = ["prepare", str(manifest), "-o", str(tmp_path / "cli"), "--model", str(emu3_fixture / "Emu3-tiny"),
+            "--max-seq-len", "200", "--records-per-shard", "100", "--quiet", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["examples"] == 4 and out["skipped"] == 6 and out["shards_written"] == 1
+    assert main(["prepare", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x"), "--model",
+                 str(emu3_fixture / "Emu3-tiny")]) == 2
+    assert "manifest not found" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Kill-and-resume: a run stopped after a checkpoint and resumed reproduces the uninterrupted losses
+exactly (dropout, caption dropout and LoRA dropout included); crashes never corrupt `latest`."""
+
+import pytest
+
+from emu3.train import state
+from emu3.train.config import SFTConfig
+from emu3.train.metrics import read_log
+from emu3.train.sft import train_lm
+from tests.test_train_utils import base_model, one_thread, t2i_dataset  # noqa: F401
+
+
+class Killed(Exception):
+    pass
+
+
+def _cfg(tmp_path, out, **kw):
+    return SFTConfig(output=str(tmp_path / out), data=[str(tmp_path / "data")], model=str(tmp_path / "base"),
+                     max_steps=6, micro_batch_size=2, grad_accum=1, warmup_steps=2, lr=2e-3, save_every=2,
+                     null_prompt_prob=0.5, lora_rank=2, lora_dropout=0.2, quiet=True, **kw)
+
+
+def _kill_after(step):
+    def on_step(metrics):
+        if metrics["step"] == step:
+            raise Killed
+    return on_step
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    t2i_dataset(tmp_path / "data", n=6)
+    base_model(tmp_path / "base", dropout=0.1)  # dropout on: the RNG states must be restored too
+    return tmp_path
+
+
+def test_resume_reproduces_the_uninterrupted_losses(setup):
+    tmp_path = setup
+    train_lm(_cfg(tmp_path, "full"))
+    with pytest.raises(Killed):  # dies during step 5, after the checkpoint of step 4
+        train_lm(_cfg(tmp_path, "cut"), on_step=_kill_after(5))
+    assert state.latest(tmp_path / "cut").name == "step-00000004"
+    train_lm(_cfg(tmp_path, "cut", resume=True))
+    full = read_log(tmp_path / "full" / "metrics.jsonl")
+    cut = read_log(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 5, 6]  # step 5 was logged, then lost, then redone
+    resumed = {r["step"]: r["loss"] for r in cut}  # later lines win
+    assert [resumed[s] for s in range(1, 7)] == [r["loss"] for r in full]  # exactly
+    assert len({r["loss"] for r in full}) == 6
+
+
+def test_a_crash_while_saving_leaves_latest_on_the_previous_checkpoint(setup, monkeypatch):
+    tmp_path = setup
+    with pytest.raises(Killed):
+        train_lm(_cfg(tmp_path, "run"), on_step=_kill_after(3))
+    real_save_file = state.save_file
+
+    def dies_after_the_model(tensors, path, *a, **kw):
+        if path.endswith("optimizer.safetensors"):
+            raise Killed
+        return real_save_file(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(state, "save_file", dies_after_the_model)
+    with pytest.raises(Killed):  # resumes from step 2, dies while writing step 4
+        train_lm(_cfg(tmp_path, "run", resume=True))
+    monkeypatch.undo()
+    root = tmp_path / "run" / "checkpoints"
+    assert state.latest(tmp_path / "run").name == "step-00000002"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000002"]  # no half-written folder
+    train_lm(_cfg(tmp_path, "run", resume=True))
+    assert state.latest(tmp_path / "run").name == "step-00000006"
+
+
+def test_resume_refuses_changed_batch_settings_or_a_missing_checkpoint(setup):
+    tmp_path = setup
+    with pytest.raises(state.ResumeError, match="no checkpoint"):
+        train_lm(_cfg(tmp_path, "run", resume=True))
+    with pytest.raises(Killed):
+        train_lm(_cfg(tmp_path, "run"), on_step=_kill_after(2))
+    bigger = _cfg(tmp_path, "run", resume=True)
+    bigger.grad_accum = 2
+    with pytest.raises(state.ResumeError, match="global_batch"):
+        train_lm(bigger)

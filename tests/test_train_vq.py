@@ -1,0 +1,92 @@
+"""Vision-tokenizer training: the straight-through forward agrees with inference, gradients reach the
+encoder, statistics are logged, and the saved folder is an official-layout tokenizer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emu3.checkpoint import load_vision_tokenizer
+from emu3.cli import main
+from emu3.train.config import VQTrainConfig
+from emu3.train.metrics import read_log
+from emu3.train.vq import VQLoss, train_vq
+from tests.test_train_utils import one_thread  # noqa: F401
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "caption": "ignored"}))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    lines += [json.dumps({"image": "bad.png"}), json.dumps({"image": "gone.png"})]
+    (tmp_path / "vq.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "vq.jsonl"
+
+
+def test_training_forward_matches_inference_and_is_straight_through(emu3_fixture):
+    vq, _ = load_vision_tokenizer(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    cfg = VQTrainConfig(output="x", data="x", vision_tokenizer="x")
+    wrapper = VQLoss(vq, cfg).train()
+    assert not vq.decoder.time_res_stack[0].norm1.training  # BatchNorm keeps the checkpoint statistics
+    pixels = torch.rand(2, 3, 32, 40) * 2 - 1
+    with torch.no_grad():
+        expected_codes, expected_pixels = vq.encode(pixels), vq.decode(vq.encode(pixels))
+        z = wrapper.encode(pixels)
+        codes = vq.quantize(z)[:, 0]
+        decoded = wrapper.decode(vq.quantize.lookup(codes[:, None]), image=True)
+    assert torch.equal(codes, expected_codes)
+    torch.testing.assert_close(decoded, expected_pixels)
+    loss, stats, _ = wrapper(pixels)
+    loss.backward()
+    # The reconstruction gradient passes the quantizer: the encoder's first layer gets one.
+    assert vq.encoder.conv_in.weight.grad.abs().sum() > 0 and vq.quantize.embedding.weight.grad.abs().sum() > 0
+    assert set(stats) == {"recon", "codebook", "commit", "psnr"}
+
+
+def test_fine_tuning_logs_statistics_and_saves_an_official_folder(manifest, tmp_path, emu3_fixture):
+    source = emu3_fixture / "Emu3-VisionTokenizer-tiny"
+    before, _ = load_vision_tokenizer(source)
+    cfg = VQTrainConfig(output=str(tmp_path / "run"), data=str(manifest), vision_tokenizer=str(source),
+                        resolution=32, micro_batch_size=2, max_steps=3, warmup_steps=0, lr=1e-3, quiet=True)
+    summary = train_vq(cfg)
+    assert summary["records"] == 4 and summary["skipped"] == 2
+    assert {s["reason"] for s in summary["skipped_records"]} == {"unreadable media", "missing file"}
+    log = read_log(tmp_path / "run" / "metrics.jsonl")
+    assert len(log) == 3
+    for key in ("loss", "recon", "commit_loss", "codebook_loss", "psnr", "codebook_usage", "perplexity", "tokens_per_s"):
+        assert all(np.isfinite(r[key]) for r in log), key
+    assert 0 < log[-1]["codebook_usage"] <= log[-1]["codebook_usage_run"] <= 1
+    saved = tmp_path / "run" / "export" / "vision-tokenizer"
+    config = json.loads((saved / "config.json").read_text())
+    assert config["model_type"] == "Emu3VisionVQ" and (saved / "preprocessor_config.json").is_file()
+    after, processor = load_vision_tokenizer(saved)
+    assert after.config == before.config and processor.max_pixels == 4096
+    old, new = before.state_dict(), after.state_dict()
+    assert not torch.equal(old["encoder.conv_in.weight"], new["encoder.conv_in.weight"])
+    bn = "encoder.time_res_stack.0.norm1.running_mean"
+    assert torch.equal(old[bn], new[bn])  # frozen BatchNorm statistics
+    Image.new("RGB", (48, 40), (10, 200, 30)).save(tmp_path / "in.png")
+    assert main(["reconstruct", str(tmp_path / "in.png"), "--vision-tokenizer", str(saved), "-o",
+                 str(tmp_path / "out.png"), "--json"]) == 0
+
+
+def test_train_vq_command_from_a_preset_on_video_clips(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    (tmp_path / "clip").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "clip" / f"{i}.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"video": "clip"}) + "\n" + json.dumps({"image": "clip/0.png"}) + "\n")
+    argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "run"),
+            "--resolution", "16", "--num-frames", "4", "--micro-batch-size", "1", "--grad-accum", "2",
+            "--max-steps", "2", "--train-batchnorm", "--quiet", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 2 and np.isfinite(out["psnr"]) and out["tokens"] == 2 * 4  # 2 clips x 1 frame x 2x2
+    vq, _ = load_vision_tokenizer(out["export"])
+    assert vq.encode(torch.zeros(1, 4, 3, 16, 16)).shape == (1, 1, 2, 2)

@@ -50,7 +50,8 @@ def test_compatible_jobs_share_a_call_and_each_gets_its_own_seeds_and_images(tin
     async def scenario():
         worker = Worker(tiny, Settings(max_batch_images=4))
         jobs = {"a": ImageJob("a", 1, SPEC, 10), "b": ImageJob("b", 1, SPEC, 20), "c": ImageJob("c", 2, SPEC, 11),
-                "d": ImageJob("d", 1, SPEC, None), "e": ImageJob("e", 1, other, 12), "f": ImageJob("f", 1, SPEC, 13)}
+                "d": ImageJob("d", 1, SPEC, None), "e": ImageJob("e", 1, other, 12), "f": ImageJob("f", 1, SPEC, 9),
+                "g": ImageJob("g", 1, SPEC, 13)}
         for job in jobs.values():  # all waiting before the worker starts, so batching is deterministic
             worker.submit(job)
         worker.start()
@@ -60,14 +61,14 @@ def test_compatible_jobs_share_a_call_and_each_gets_its_own_seeds_and_images(tin
             worker.stop()
 
     out, stats = asyncio.run(scenario())
-    # a (seed 10) takes c (11, 12) and the unseeded d (13) up to 4 images; b (20) and f (13, taken) wait,
-    # e has other settings. Each runs alone afterwards.
-    assert {k: o.seeds for k, o in out.items()} == {"a": [10], "b": [20], "c": [11, 12], "d": [13], "e": [12],
-                                                    "f": [13]}
-    assert {k: o.batch_images for k, o in out.items()} == {"a": 4, "b": 1, "c": 4, "d": 4, "e": 1, "f": 1}
-    assert stats.batches == 4 and stats.images == 7 and stats.batch_sizes == {4: 1, 1: 3}
+    # a (seed 10) runs with f (9) before it and c (11, 12) after it: 4 images, full. b (20) runs with
+    # the unseeded d, which takes 21; e has other settings; g (13) found no run to join in time.
+    assert {k: o.seeds for k, o in out.items()} == {"a": [10], "b": [20], "c": [11, 12], "d": [21], "e": [12],
+                                                    "f": [9], "g": [13]}
+    assert {k: o.batch_images for k, o in out.items()} == {"a": 4, "b": 2, "c": 4, "d": 2, "e": 1, "f": 4, "g": 1}
+    assert stats.batches == 4 and stats.images == 8 and stats.batch_sizes == {4: 1, 2: 1, 1: 2}
     # None mixed up: a batched image is the image its prompt and seed give alone.
-    for name, cfg, index, seed in (("c", 3.0, 1, 12), ("d", 3.0, 0, 13), ("e", 2.0, 0, 12)):
+    for name, cfg, index, seed in (("c", 3.0, 1, 12), ("d", 3.0, 0, 21), ("e", 2.0, 0, 12)):
         alone = text_to_image(tiny, name, seed=seed, cfg=cfg).images[0]
         # The same tokens; the vision decoder may round a pixel differently in a batch of 4 than alone.
         assert np.abs(pixels(out[name].images_b64[index]).astype(int) - np.asarray(alone)).max() <= 1, name

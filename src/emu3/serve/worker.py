@@ -6,10 +6,11 @@ never runs two generations at a time. When it takes an image job it also takes e
 job that can share the same `text_to_image` call, up to `max_batch_images` images:
 
 * the same `ImageSpec` (ratio, guidance, prompts around the user's, sampling), and
-* seeds that continue the batch's run. `text_to_image` seeds image i of a call with `seed + i`, as
+* seeds that make one run. `text_to_image` seeds image i of a call with `seed + i`, as
   `emu3 generate --batch` does, so a request with seed s and n images gets s, s+1, ... whatever the
-  batch; a request without a seed takes the next free number, a seeded one joins only when its seed
-  is the next number (requests with consecutive seeds batch together, others wait their turn).
+  batch. Seeded requests join when their seeds extend the run (before or after it: requests with
+  consecutive seeds batch together, others wait their turn); requests without a seed take the
+  next numbers after it.
 
 Chat jobs run one at a time. A job's events (progress, partial-image previews, text deltas, then
 its result or error) are pushed onto an asyncio queue on the handler's event loop. `cancel` (the
@@ -239,20 +240,34 @@ class Worker:
         first = self._pending.pop(0)
         if not isinstance(first, ImageJob):
             return [first]
-        base = first.seed if first.seed is not None else secrets.randbelow(2**31)
-        first.seeds = list(range(base, base + first.n))
-        batch, images, next_seed = [first], first.n, base + first.n
-        added = True
-        while added:  # repeat: a job taken may make the next seed another job's
-            added = False
-            for job in list(self._pending):
-                fits = (isinstance(job, ImageJob) and job.spec == first.spec
-                        and images + job.n <= self.settings.max_batch_images and job.seed in (None, next_seed))
-                if fits:
-                    self._pending.remove(job)
-                    job.seeds = list(range(next_seed, next_seed + job.n))
-                    batch.append(job)
-                    images, next_seed, added = images + job.n, next_seed + job.n, True
+        batch, room = [first], self.settings.max_batch_images - first.n
+        waiting = [job for job in self._pending if isinstance(job, ImageJob) and job.spec == first.spec]
+
+        def fitting(wanted: Callable[[ImageJob], bool]) -> ImageJob | None:
+            return next((job for job in waiting if job not in batch and job.n <= room and wanted(job)), None)
+
+        base = first.seed
+        while base is not None:  # seeded jobs whose seeds end where the run starts go before it
+            job = fitting(lambda job: job.seed is not None and job.seed + job.n == base)
+            if job is None:
+                break
+            batch.insert(0, job)
+            base, room = job.seed, room - job.n
+        if base is None:
+            base = secrets.randbelow(2**31)
+        next_seed = base + sum(job.n for job in batch)
+        while True:  # then the jobs that continue the run, else unseeded ones (they take the next numbers)
+            job = fitting(lambda job: job.seed == next_seed) or fitting(lambda job: job.seed is None)
+            if job is None:
+                break
+            batch.append(job)
+            next_seed, room = next_seed + job.n, room - job.n
+        for job in batch:
+            if job is not first:
+                self._pending.remove(job)
+        seed = base
+        for job in batch:
+            job.seeds, seed = list(range(seed, seed + job.n)), seed + job.n
         return batch
 
     def _run(self, jobs: list[Job]) -> None:

@@ -97,16 +97,17 @@ def test_every_constraint_holds_in_sampled_runs(lm):
 
 def test_a_free_size_is_chosen_once_as_dd_star_dd_and_then_repeated():
     model = BiasedLM({V.boi: 50.0, HEADER.digits[0]: 40.0, HEADER.digits[1]: 30.0})
-    (ids,) = run(model, PROMPTS[:1], UNCOND[:1], max_new_tokens=2 * 117, text_sampling=GREEDY, image_sampling=GREEDY)
-    _, grids = read(ids, 2 * 117)
-    assert grids == [(10, 10), (10, 10)]  # "10*10": the first digit may not be 0
-    assert ids[1:7] == [16, 15, 9, 16, 15, V.img]
+    budget = 117 + 7  # one 10x10 image, then the second one's header
+    (ids,) = run(model, PROMPTS[:1], UNCOND[:1], max_new_tokens=budget, text_sampling=GREEDY, image_sampling=GREEDY)
+    _, grids = read(ids, budget)
+    assert grids == [(10, 10)]  # "10*10": the first digit may not be 0
+    assert ids[:7] == ids[117:] == [V.boi, 16, 15, 9, 16, 15, V.img]
 
 
 def test_guidance_uses_the_official_unconditional_context(lm):
     """Every free step equals the uncached argmax: text from the conditional context alone, codes from
     guide(cond, uncond) where uncond = its prompt + the generated image spans only (never the text)."""
-    prompt, uncond, scale, budget = PROMPTS[0], UNCOND[0], 3.0, 80
+    prompt, uncond, scale, budget = PROMPTS[0], UNCOND[0], 3.0, 40
     (ids,) = run(lm, [prompt], [uncond], max_new_tokens=budget, sizes=[(2, 3)], text_sampling=GREEDY,
                  image_sampling=GREEDY, cfg_scale=scale)
     _, grids = read(ids, budget)
@@ -126,8 +127,8 @@ def test_guidance_uses_the_official_unconditional_context(lm):
 
 
 def test_rows_do_not_depend_on_their_batch(lm):
-    both = run(lm, max_new_tokens=60, sizes=[(2, 3), None], seeds=[5, 6])
-    alone = run(lm, PROMPTS[1:], UNCOND[1:], max_new_tokens=60, sizes=[None], seeds=[6])
+    both = run(lm, max_new_tokens=30, sizes=[(2, 3), None], seeds=[5, 6])
+    alone = run(lm, PROMPTS[1:], UNCOND[1:], max_new_tokens=30, sizes=[None], seeds=[6])
     assert both[1] == alone[0]
 
 

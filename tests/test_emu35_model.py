@@ -117,3 +117,21 @@ def test_ibq_rejects_bad_inputs():
     with pytest.raises(ValueError, match="integer"):
         model.decode(torch.zeros(1, 2, 2))
     assert model.decode(torch.zeros(1, 1, 2, dtype=torch.long)).shape == (1, 3, 16, 32)
+
+
+def test_ibq_preprocessing_follows_the_official_formula():
+    from PIL import Image
+
+    from emu3.emu35.images import ibq_size, to_image, to_pixels
+
+    assert ibq_size(96, 64, 96 * 64) == (64, 96)
+    assert ibq_size(1000, 750, 720 * 720) == (624, 832)  # h = int(sqrt(area / ratio)) = 623 -> 624
+    with pytest.raises(ValueError, match="too small"):
+        ibq_size(96, 64, 16)
+    with pytest.raises(ValueError, match="elongated"):
+        ibq_size(600, 100, 4096)
+    image = Image.new("RGB", (90, 60), (255, 0, 128))
+    pixels = to_pixels(image, 96 * 64)
+    assert pixels.shape == (3, 64, 96) and pixels.dtype == torch.float32
+    assert pixels[:, 0, 0].tolist() == [1.0, -1.0, pytest.approx(128 / 127.5 - 1)]
+    assert to_image(pixels).getpixel((0, 0)) == (255, 0, 128)

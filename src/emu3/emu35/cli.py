@@ -65,11 +65,11 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{mode}-temperature", type=float, default=None)
 
 
-def _sampling(args: argparse.Namespace, mode: str, base: SamplingConfig) -> SamplingConfig:
+def _sampling(args: argparse.Namespace, prefix: str, base: SamplingConfig) -> SamplingConfig:
+    """`base` with the options `--{prefix}top-k/top-p/temperature` that were given (all greedy with --greedy)."""
     if args.greedy:
         return SamplingConfig(greedy=True)
-    changes = {"top_k": getattr(args, f"{mode}_top_k"), "top_p": getattr(args, f"{mode}_top_p"),
-               "temperature": getattr(args, f"{mode}_temperature")}
+    changes = {name: getattr(args, prefix + name) for name in ("top_k", "top_p", "temperature")}
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -102,8 +102,8 @@ def _task_run(args: argparse.Namespace, task: str, prompt: str, images: list, **
     from emu3.emu35.tasks import task_settings
 
     settings = task_settings(task)
-    return _run(args, task, prompt, images, _sampling(args, "text", settings.text),
-                _sampling(args, "image", settings.image), **kwargs)
+    return _run(args, task, prompt, images, _sampling(args, "text_", settings.text),
+                _sampling(args, "image_", settings.image), **kwargs)
 
 
 def _save_single_images(results, output: str) -> list[Path]:
@@ -161,13 +161,10 @@ def generate_from_args(args: argparse.Namespace) -> dict:
                          "its own unconditional prompt)")
     if args.speculative:
         raise ValueError("--speculative applies to Emu3 only")
-    if args.greedy:
-        text = image = SamplingConfig(greedy=True)
-    else:
-        changes = {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
-        text = None
-        image = dataclasses.replace(task_settings("t2i").image, **{k: v for k, v in changes.items() if v is not None})
-    results = _run(args, "t2i", args.prompt, [], text, image, ratio=args.ratio, num_samples=args.batch)
+    settings = task_settings("t2i")  # the generic sampling options steer the image tokens
+    text = SamplingConfig(greedy=True) if args.greedy else settings.text
+    results = _run(args, "t2i", args.prompt, [], text, _sampling(args, "", settings.image), ratio=args.ratio,
+                   num_samples=args.batch)
     paths = _save_single_images(results, args.output)
     if not args.json:
         print("\n".join(str(p) for p in paths))

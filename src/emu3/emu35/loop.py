@@ -40,8 +40,9 @@ from emu3.model import Transformer
 from emu3.vocab import Vocab
 
 TEXT, HEADER, VISUAL, DONE = range(4)
-# Rows of the allowed-id table.
-_M_TEXT, _M_TEXT_NO_IMAGE, _M_VISUAL, _M_LEAD_DIGIT, _M_DIGIT, _M_STAR = range(6)
+# Rows of the allowed-id table, and the mark of a free code (scored on the visual slice, no table row).
+_M_TEXT, _M_TEXT_NO_IMAGE, _M_LEAD_DIGIT, _M_DIGIT, _M_STAR = range(5)
+_CODE = -1
 _AUTO_HEADER_MASKS = (_M_LEAD_DIGIT, _M_DIGIT, _M_STAR, _M_LEAD_DIGIT, _M_DIGIT)  # "DD*DD", then img
 
 
@@ -62,10 +63,9 @@ def _allowed_table(vocab_size: int, vocab: Vocab, header: SizeHeader, device) ->
     ids = torch.arange(vocab_size, device=device)
     visual = (ids >= vocab.visual_base) & (ids < vocab.visual_end)
     digits = torch.tensor(header.digits, device=device)
-    table = torch.zeros(6, vocab_size, dtype=torch.bool, device=device)
+    table = torch.zeros(5, vocab_size, dtype=torch.bool, device=device)
     table[_M_TEXT] = ~visual
     table[_M_TEXT_NO_IMAGE] = ~visual & (ids != vocab.boi)
-    table[_M_VISUAL] = visual
     table[_M_LEAD_DIGIT, digits[1:]] = True
     table[_M_DIGIT, digits] = True
     table[_M_STAR, header.star] = True
@@ -137,7 +137,7 @@ def generate_interleaved(
         for i, r in enumerate(rows):
             token, mask = _plan(r, vocab, budget - step, need[i], max_images)
             forced.append(token)
-            masks.append(mask if mask is not None else _M_TEXT)
+            masks.append(mask)
             if mask is not None:
                 (text_rows if r.phase == TEXT else image_rows).append(i)
         token = torch.tensor(forced, device=device)  # (B,): -1 where the row samples
@@ -165,7 +165,7 @@ def generate_interleaved(
 
 
 def _plan(r: _Row, vocab: Vocab, left: int, need: int, max_images: int | None) -> tuple[int, int | None]:
-    """(forced id or -1, allowed-table row or None when forced) for row `r`'s next id."""
+    """(forced id or -1, allowed-table row or `_CODE` or None when forced) for row `r`'s next id."""
     if r.phase == DONE:
         return vocab.pad, None
     if r.phase == TEXT:
@@ -182,7 +182,7 @@ def _plan(r: _Row, vocab: Vocab, left: int, need: int, max_images: int | None) -
         return vocab.eoi, None
     if pos % (w + 1) == 0:
         return vocab.eol, None
-    return -1, _M_VISUAL
+    return -1, _CODE
 
 
 def _advance(r: _Row, value: int, vocab: Vocab, header: SizeHeader, max_images: int | None) -> None:

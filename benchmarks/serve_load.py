@@ -9,9 +9,10 @@ server can batch them). Every answer is checked: a 200 must hold n PNG images of
 with the request's own seeds (seed, seed + 1, ...) and prompt; a 503 must carry Retry-After, and
 the client waits that long and tries again, up to `--retries` times (then the request counts as
 refused). Anything else (another status, a wrong or mixed-up answer, a timeout, a connection
-error) counts as lost. Latency runs from a request's first attempt to its answer. Reports latency percentiles of the answered requests, throughput, and the server's batch
-statistics; exits with status 1 if anything was lost. Bounded: each request has `--timeout`, and
-the server it started is stopped at the end. Uses only the standard library (and emu3.serve.launch).
+error) counts as lost. Reports latency percentiles of the answered requests (from a request's
+first attempt to its answer), throughput, and the server's batch statistics; exits with status 1
+if anything was lost. Bounded: each attempt has `--timeout`, and the server it started is stopped
+at the end. Uses only the standard library (and emu3.serve.launch).
 """
 
 from __future__ import annotations

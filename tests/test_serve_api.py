@@ -134,8 +134,9 @@ def test_openai_chat_request_shape_multi_turn_and_stream(client, photo):
     # What the OpenAI client sends for chat.completions.create(...), with a system message and history.
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(photo, "JPEG"), "detail": "low"}},
-                                     {"type": "text", "text": "Describe it."}]},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri(photo, "JPEG"), "detail": "low"}},
+            {"type": "text", "text": "Describe it."}]},
         {"role": "assistant", "content": "A small picture."},
         {"role": "user", "content": "And its colours?"},
     ]
@@ -176,6 +177,7 @@ USER_HI = {"role": "user", "content": "hi"}
 BAD = {
     "malformed json": (IMAGE, '{"prompt": "a cat",', 400, None),
     "not an object": (IMAGE, '["a cat"]', 400, None),
+    "not sent as json": (IMAGE, {"prompt": "a cat"}, 400, None),
     "empty body": (IMAGE, "", 400, None),
     "prompt wrong type": (IMAGE, {"prompt": 3}, 400, "prompt"),
     "prompt missing": (IMAGE, {"n": 1}, 400, "prompt"),
@@ -242,7 +244,8 @@ BAD = {
 def test_bad_input_is_a_4xx_naming_the_field(client, case):
     path, body, status, param = BAD[case]
     content = body if isinstance(body, str) else json.dumps(body)
-    response = client.post(path, content=content, headers={"Content-Type": "application/json"})
+    kind = "application/x-www-form-urlencoded" if case == "not sent as json" else "application/json"  # curl -d
+    response = client.post(path, content=content, headers={"Content-Type": kind})
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"

@@ -1,8 +1,9 @@
 """Load test: a real `emu3 serve` process on 127.0.0.1 and many concurrent clients (benchmarks/serve_load.py).
 
 Every request must be answered with its own images (its prompt, its seeds) or refused with 503 and
-Retry-After (the clients retry twice after Retry-After); none lost or mixed up. Bounded: 24 requests, a 60 s limit per request, and the server
-stops when the script ends. Prints the p50/p95 latency figures.
+Retry-After (the clients retry twice after Retry-After); none lost or mixed up. Bounded: 24
+requests, a 60 s limit per attempt, and the server stops when the script ends. Prints the p50/p95
+latency figures.
 """
 
 import json

@@ -174,7 +174,8 @@ def test_http_full_queue_is_503_with_retry_after_and_leaving_frees_the_slot(tiny
 
 
 def test_text_deltas_add_up_to_the_final_answer():
-    grows = ["", " ", " Hel", " Hello", " Hello \ufffd", " Hello w\u00f6", " Hello w\u00f6rld ", " Hello w\u00f6rld  \n"]
+    grows = ["", " ", " Hel", " Hello", " Hello \ufffd", " Hello w\u00f6", " Hello w\u00f6rld ",
+             " Hello w\u00f6rld  \n"]
     deltas = TextDeltas()
     pieces = [deltas.update(text) for text in grows]
     final = grows[-1].strip()

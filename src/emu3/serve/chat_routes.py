@@ -75,7 +75,7 @@ def _plan(body: ChatRequest, worker: Worker) -> tuple[Callable[[], ChatJob], int
     settings, m = worker.settings, worker.m
     system, turns = _turns(body.messages)
     history, images_seen, count_turns = [], 0, []
-    for i, (user, answer) in enumerate(turns):
+    for user, answer in turns:
         text = _text(body.messages[user], user, settings.max_prompt_chars)
         images = _images(body.messages[user], user, worker)
         images_seen += len(images)

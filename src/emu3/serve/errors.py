@@ -69,9 +69,11 @@ def validation_error(errors: list[dict]) -> APIError:
         return APIError(400, f"field '{path}' is required", param=path, code="missing_field")
     if deepest[0]["type"] == "extra_forbidden":
         return APIError(400, f"unknown field '{path}'", param=path, code="unknown_field")
+    if not path:
+        return APIError(400, "the request body must be a JSON object, sent with 'Content-Type: application/json'",
+                        code="invalid_body")
     messages = list(dict.fromkeys(e["msg"] for e in deepest))
-    where = f"field '{path}'" if path else "the request body"
-    return APIError(400, f"{where}: {', or '.join(messages)}", param=path or None, code="invalid_value")
+    return APIError(400, f"field '{path}': {', or '.join(messages)}", param=path, code="invalid_value")
 
 
 def install(app: FastAPI) -> None:

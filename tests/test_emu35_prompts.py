@@ -169,3 +169,20 @@ def test_result_json_and_viewer(tok, header, tmp_path):
     assert "a &lt;fox&gt;" in html and "think &lt;b&gt;" in html and "Done &amp; dusted" in html
     assert html.index("think") < html.index('src="image_00.png"') < html.index("Done")
     assert result.text == "Done & dusted"
+
+
+def test_requests_a_task_cannot_serve_are_refused():
+    from emu3.emu35.pipeline import check_request
+
+    check_request(TASKS["x2i"], [object()] * 3)
+    check_request(TASKS["t2i"], [], ratio="auto")
+    for settings, images, kwargs, message in [
+        (TASKS["t2i"], [object()], {}, "takes no reference images"),
+        (TASKS["x2i"], [object()] * 4, {}, "at most 3"),
+        (TASKS["story"], [], {"ratio": "1:1"}, "t2i only"),
+        (TASKS["t2i"], [], {"ratio": "5:4"}, "unknown aspect ratio"),
+        (TASKS["story"], [], {"steps": 3}, "howto only"),
+        (TASKS["howto"], [], {"num_samples": 0}, "num_samples"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_request(settings, images, **kwargs)

@@ -102,6 +102,8 @@ def check_request(settings: TaskSettings, images: Sequence[object], ratio: str |
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     limit = settings.max_references
+    if limit == 0 and images:
+        raise ValueError(f"{settings.name} takes no reference images (x2i does), got {len(images)}")
     if limit is not None and len(images) > limit:
         raise ValueError(f"{settings.name} takes at most {limit} reference images, got {len(images)}")
     if ratio is not None and settings.name != "t2i":

@@ -113,3 +113,13 @@ def test_train_command_from_a_preset_exports_a_model_that_generate_loads(tmp_pat
     assert main(["generate", "red", "--model", str(exported / "model"), "--greedy", "--image-area", "1024",
                  "-o", str(tmp_path / "g.png"), "--quiet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["grid"] == [4, 4]
+
+
+def test_the_shipped_recipes_parse():
+    from emu3.train.config import VQTrainConfig
+    from tests.conftest import REPO
+
+    recipes = sorted((REPO / "configs").glob("train*/*.toml"))
+    assert len(recipes) >= 4
+    for path in recipes:  # the folder names the command: configs/train/, configs/train-vq/
+        load_config(VQTrainConfig if path.parent.name == "train-vq" else SFTConfig, path)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from emu3.train import state
@@ -139,7 +140,7 @@ def fit(cfg: LoopConfig, task: Task, info: DistInfo, on_step: StepCallback | Non
             if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
                 log.write(final)
             progress.update(step + 1, loss=final["loss"], lr=lr, tok_s=round(final["tokens_per_s"]))
-            if (step + 1) % cfg.save_every == 0 or step + 1 == total:
+            if cfg.save and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
                 trainer_state = {"config": cfg.to_dict(), "fingerprint": task.fingerprint(), "last": final}
                 model_state = state.save(output, step + 1, task.module, optimizer, info, trainer_state,
                                          cfg.keep_checkpoints)
@@ -150,7 +151,5 @@ def fit(cfg: LoopConfig, task: Task, info: DistInfo, on_step: StepCallback | Non
         if log is not None:
             log.close()
     if not model_state and first >= total and info.is_main:  # nothing left to do: reuse the last checkpoint
-        from safetensors.torch import load_file
-
         model_state = load_file(str(state.latest(output) / "model.safetensors"))
     return FitResult(total, final, model_state)

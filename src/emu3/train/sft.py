@@ -210,7 +210,7 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
         result = fit(cfg, task, info, on_step)
         summary = {"steps": result.steps, **result.final, "examples": int(sum(len(g) for g in data.groups)),
                    "skipped_too_long": data.too_long, "world_size": info.world_size}
-        if info.is_main:
+        if info.is_main and cfg.save:
             summary["export"] = str(_export(cfg, result, lm_cfg, base, data))
         distributed.barrier(info)
         return summary

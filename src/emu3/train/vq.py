@@ -234,7 +234,7 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
         result = fit(cfg, task, info, on_step)
         summary = {"steps": result.steps, **result.final, "records": len(records), "skipped": len(skipped),
                    "skipped_records": skipped, "world_size": info.world_size}
-        if info.is_main:
+        if info.is_main and cfg.save:
             state = {k[len("vq."):]: v for k, v in result.model_state.items() if k.startswith("vq.")}
             out = Path(cfg.output) / "export" / export.VQ_DIR
             summary["export"] = str(export.save_vision_tokenizer(state, vq.config, processor, out))

@@ -60,7 +60,7 @@ def test_chat_supervises_each_answer_and_its_eos(tok):
     turn2 = [13872, 25, 22555, 13, 35560, 3846, 2821, 25]  # " USER: Sure. ASSISTANT:"
     assert e.ids == [BOS] + system_user + image + turn1 + [32, 38835, 13, EOS] + turn2 + [9454, EOS]
     assert e.loss_mask == [0] * 28 + [1, 1, 1, 1] + [0] * 8 + [1, 1]
-    assert tok.decode([i for i, m in zip(e.ids, e.loss_mask) if m], skip_special=False) == \
+    assert tok.decode([i for i, m in zip(e.ids, e.loss_mask, strict=True) if m], skip_special=False) == \
         "A fox.<|extra_204|>Yes<|extra_204|>"
     assert e.prompt_span == (0, 0) and e.grids == [(1, 1, 2)] and e.task == "vqa"
 

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from emu3.cli import main
@@ -46,7 +47,6 @@ def _write_manifest(tmp_path):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, emu3_fixture):
     """(manifest, data folder, summary) of one prepare run, shared by the tests below (copy before changing)."""
-    import torch
 
     tmp = tmp_path_factory.mktemp("prepare")
     manifest = _write_manifest(tmp)
@@ -75,14 +75,13 @@ def test_prepare_writes_shards_and_skips_bad_records(prepared):
     assert first.task == "t2i" and first.prompt_span == (1, 1 + 3)  # "a red fox" is 3 tokens
     assert int(first.loss_mask.sum()) == 63 and len(first.ids) == 1 + 3 + 5 + 7 * 10 + 2
     grids = shards[0]._file.get_tensor("grids").tolist()
-    assert grids == [[1, 7, 9], [1, 7, 9], [1, 7, 9]]
+    assert grids == [[1, 7, 9], [1, 6, 8], [1, 6, 8]]  # VQA images: preprocessed as for chat, 48x64
     assert shards[1].sample(0).task == "video"
     assert shards[1]._file.get_tensor("grids").tolist() == [[1, 8, 8]]  # 3 frames padded to 4: 1 latent frame
     assert json.loads((out / "summary.json").read_text())["examples"] == 4
 
 
 def test_prepare_resumes_and_refuses_other_settings(prepared, tmp_path, emu3_fixture):
-    import torch
 
     manifest, out, first = prepared
     shutil.copytree(out, tmp_path / "out")
@@ -112,3 +111,25 @@ def test_prepare_command(prepared, tmp_path, emu3_fixture, capsys):
     assert main(["prepare", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x"), "--model",
                  str(emu3_fixture / "Emu3-tiny")]) == 2
     assert "manifest not found" in capsys.readouterr().err
+
+
+def test_prepared_images_match_the_inference_encodings(prepared, tiny):
+    """VQA images are tokenized as `emu3 chat` tokenizes them; t2i targets follow the official rescale."""
+    from emu3.prompting import parse_image
+    from emu3.train.prepare import rescale_to_area
+    from emu3.vision import load_image
+
+    manifest, out, _ = prepared
+    _, shards = open_folder(out)
+    folder = manifest.parent
+
+    def codes_of(sample):
+        ids = sample.ids.tolist()
+        return parse_image(ids[ids.index(tiny.vocab.boi) + 1:ids.index(tiny.vocab.eoi)], tiny.vocab)
+
+    vqa = shards[0].sample(1)
+    assert vqa.task == "vqa"
+    assert torch.equal(codes_of(vqa), tiny.encode_image(load_image(folder / "b.png")))
+    t2i = shards[0].sample(0)
+    expected = tiny.encode_image(rescale_to_area(load_image(folder / "a.png").convert("RGB"), 4096))
+    assert torch.equal(codes_of(t2i), expected)

@@ -30,7 +30,8 @@ def _regenerate(lm, example, codes):
 
 def test_overfitting_then_greedy_generation_reproduces_the_training_codes(tmp_path):
     exs, codes = t2i_dataset(tmp_path / "data")
-    cfg = SFTConfig(output=str(tmp_path / "run"), data=[str(tmp_path / "data")], model=str(base_model(tmp_path / "base")),
+    base = base_model(tmp_path / "base")
+    cfg = SFTConfig(output=str(tmp_path / "run"), data=[str(tmp_path / "data")], model=str(base),
                     lr=3e-3, min_lr=3e-4, warmup_steps=5, weight_decay=0.0, micro_batch_size=2, grad_accum=2,
                     max_steps=150, null_prompt_prob=0.0, save_every=1000, quiet=True)
     summary = train_lm(cfg)
@@ -38,7 +39,7 @@ def test_overfitting_then_greedy_generation_reproduces_the_training_codes(tmp_pa
     losses = [r["loss"] for r in read_log(tmp_path / "run" / "metrics.jsonl")]
     assert len(losses) == 150 and losses[0] > 2.5  # ln(64) at the start
     lm = load_lm(summary["export"])  # the exported original-layout folder
-    for example, grid in zip(exs, codes):
+    for example, grid in zip(exs, codes, strict=True):
         assert torch.equal(_regenerate(lm, example, grid), grid)
 
 
@@ -79,7 +80,8 @@ def test_recipe_file_then_flags(tmp_path):
     recipe.write_text('output = "o"\ndata = ["d"]\npreset = "tiny"\ninit = true\nlr = 2e-4\nlora-rank = 8\n')
     cfg = load_config(SFTConfig, recipe, {"lr": 3e-4})
     assert (cfg.lr, cfg.lora_rank, cfg.preset, cfg.data) == (3e-4, 8, "tiny", ["d"])
-    assert (cfg.warmup_steps, cfg.weight_decay, cfg.betas, cfg.eps, cfg.max_grad_norm) == (30, 0.1, (0.9, 0.95), 1e-6, 5.0)
+    official = (30, 0.1, (0.9, 0.95), 1e-6, 5.0)
+    assert (cfg.warmup_steps, cfg.weight_decay, cfg.betas, cfg.eps, cfg.max_grad_norm) == official
     (tmp_path / "r.json").write_text(json.dumps({"output": "o", "data": ["d"], "model": "m", "lerning_rate": 1}))
     with pytest.raises(ValueError, match="unknown SFTConfig settings \\['lerning_rate'\\]"):
         load_config(SFTConfig, tmp_path / "r.json")
@@ -92,9 +94,10 @@ def test_recipe_file_then_flags(tmp_path):
 def test_train_command_from_a_preset_exports_a_model_that_generate_loads(tmp_path, emu3_fixture, capsys):
     """`--preset tiny --init` (the real vocabulary) on data prepared with the fixture's tokenizers; the
     export carries the tokenizer files and the vision tokenizer beside it, so `emu3 generate` runs."""
+    from PIL import Image
+
     from emu3.train.config import PrepareConfig
     from emu3.train.prepare import prepare
-    from PIL import Image
 
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "red.png", "caption": "red"}) + "\n")
@@ -109,7 +112,8 @@ def test_train_command_from_a_preset_exports_a_model_that_generate_loads(tmp_pat
     assert main(argv) == 2  # the output already holds checkpoints: --resume or another folder
     assert "pass --resume" in capsys.readouterr().err
     exported = tmp_path / "run" / "export"
-    assert (exported / "model" / "emu3.tiktoken").is_file() and (exported / "vision-tokenizer" / "config.json").is_file()
+    assert (exported / "model" / "emu3.tiktoken").is_file()
+    assert (exported / "vision-tokenizer" / "config.json").is_file()
     assert main(["generate", "red", "--model", str(exported / "model"), "--greedy", "--image-area", "1024",
                  "-o", str(tmp_path / "g.png"), "--quiet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["grid"] == [4, 4]

@@ -59,7 +59,8 @@ def test_fine_tuning_logs_statistics_and_saves_an_official_folder(manifest, tmp_
     assert {s["reason"] for s in summary["skipped_records"]} == {"unreadable media", "missing file"}
     log = read_log(tmp_path / "run" / "metrics.jsonl")
     assert len(log) == 3
-    for key in ("loss", "recon", "commit_loss", "codebook_loss", "psnr", "codebook_usage", "perplexity", "tokens_per_s"):
+    keys = ("loss", "recon", "commit_loss", "codebook_loss", "psnr", "codebook_usage", "perplexity", "tokens_per_s")
+    for key in keys:
         assert all(np.isfinite(r[key]) for r in log), key
     assert 0 < log[-1]["codebook_usage"] <= log[-1]["codebook_usage_run"] <= 1
     saved = tmp_path / "run" / "export" / "vision-tokenizer"

@@ -14,7 +14,6 @@ same global batches. This module reads no files and knows nothing of models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -49,18 +48,23 @@ class Plan:
             raise ValueError(f"need one positive weight per dataset, got {weights}")
         self.lengths, self.groups, self.weights, self.layout = lengths, groups, weights, layout
         self.seed, self.bucket_window, self.drop_prob = seed, bucket_window, drop_prob
-        per_epoch = sum(int(w) * len(g) + round((w % 1) * len(g)) for g, w in zip(groups, weights))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        per_epoch = sum(int(w) * len(g) + round((w % 1) * len(g)) for g, w in zip(groups, weights, strict=True))
         self.steps_per_epoch = per_epoch // layout.global_batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch holds {per_epoch} examples, fewer than one global batch of "
                              f"{layout.global_batch} (micro_batch_size x grad_accum x processes)")
 
-    @lru_cache(maxsize=2)
     def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(batches, drops): (steps_per_epoch, global_batch) example indices and caption-dropout flags."""
+        if epoch not in self._cache:
+            self._cache = {epoch: self._draw(epoch)}  # keep one epoch: steps come in order
+        return self._cache[epoch]
+
+    def _draw(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         parts = []
-        for group, weight in zip(self.groups, self.weights):
+        for group, weight in zip(self.groups, self.weights, strict=True):
             whole, frac = int(weight), weight % 1
             parts += [group] * whole
             if frac:

@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from emu3.train.sft import train_lm
 
     summary = train_lm(_config(SFTConfig, args))
-    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {summary.get('loss', float('nan')):.4f}; "
+    loss = summary.get("loss", float("nan"))
+    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {loss:.4f}; "
                                    f"model exported to {summary.get('export')}"])
 
 
@@ -87,8 +88,9 @@ def cmd_train_vq(args: argparse.Namespace) -> dict[str, Any]:
     from emu3.train.vq import train_vq
 
     summary = train_vq(_config(VQTrainConfig, args))
-    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {summary.get('loss', float('nan')):.4f}, "
-                                   f"PSNR {summary.get('psnr', float('nan')):.2f} dB; saved to {summary.get('export')}"])
+    loss, psnr = summary.get("loss", float("nan")), summary.get("psnr", float("nan"))
+    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {loss:.4f}, PSNR {psnr:.2f} dB; "
+                                   f"saved to {summary.get('export')}"])
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

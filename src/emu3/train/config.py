@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 C = TypeVar("C")
 
@@ -61,10 +62,12 @@ class LoopConfig:
         self.betas = tuple(float(b) for b in self.betas)
         checks = [
             (bool(self.output), "output folder is required (--output DIR)"),
-            (self.lr > 0 and 0 <= self.min_lr <= self.lr, f"need 0 <= min_lr <= lr and lr > 0, got {self.min_lr}, {self.lr}"),
+            (self.lr > 0 and 0 <= self.min_lr <= self.lr,
+             f"need 0 <= min_lr <= lr and lr > 0, got {self.min_lr}, {self.lr}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two values in [0, 1), got {self.betas}"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             f"betas must be two values in [0, 1), got {self.betas}"),
             (self.eps > 0, f"eps must be > 0, got {self.eps}"),
             (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
             (self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}"),
@@ -74,7 +77,8 @@ class LoopConfig:
             (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.dtype in ("auto", "bf16", "bfloat16", "fp32", "float32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
+            (self.dtype in ("auto", "bf16", "bfloat16", "fp32", "float32"),
+             f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -179,7 +183,8 @@ class PrepareConfig:
     image_area: int = opt(0, "rescale images to this pixel area first, as the official recipe (0: the model's)")
     max_seq_len: int = opt(0, "skip examples longer than this (0: the model's max_position_embeddings)")
     records_per_shard: int = opt(1000, "manifest records per shard file")
-    video_mode: str = opt("clip", "clip: frames through the temporal tokenizer (t, h, w); frames: one image block per frame")
+    video_mode: str = opt("clip", "clip: frames through the temporal tokenizer, one (t, h, w) block; "
+                                  "frames: one image block per frame")
     max_frames: int = opt(16, "frames kept per video, after the stride")
     frame_stride: int = opt(1, "keep every N-th frame of a video")
     device: str = opt("auto", "device of the vision tokenizer")
@@ -191,8 +196,10 @@ class PrepareConfig:
             raise ValueError("prepare needs a manifest, --output DIR and --model DIR")
         if self.video_mode not in ("clip", "frames"):
             raise ValueError(f"video_mode must be clip or frames, got {self.video_mode!r}")
-        if min(self.records_per_shard, self.max_frames, self.frame_stride) < 1 or min(self.image_area, self.max_seq_len) < 0:
-            raise ValueError("records_per_shard, max_frames and frame_stride must be >= 1; image_area, max_seq_len >= 0")
+        if min(self.records_per_shard, self.max_frames, self.frame_stride) < 1:
+            raise ValueError("records_per_shard, max_frames and frame_stride must be >= 1")
+        if min(self.image_area, self.max_seq_len) < 0:
+            raise ValueError("image_area and max_seq_len must be >= 0 (0: the model's)")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -205,7 +212,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise ValueError(f"config file {path} is not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a table of settings")
     return data

@@ -14,8 +14,8 @@ reads no files and holds no model; ids and masks are plain Python lists.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -79,7 +79,8 @@ def chat(tokenizer: Tokenizer, images: Sequence[torch.Tensor], qa: Sequence[tupl
     if not qa:
         raise ValueError("a chat example needs at least one question and answer")
     answers = [tokenizer.encode(a) for _, a in qa]
-    turns = [Turn(q, list(images) if i == 0 else [], answer) for i, ((q, _), answer) in enumerate(zip(qa, answers))]
+    turns = [Turn(q, list(images) if i == 0 else [], answer)
+             for i, ((q, _), answer) in enumerate(zip(qa, answers, strict=True))]
     ids: list[int] = []
     mask: list[int] = []
     for i, answer in enumerate(answers):

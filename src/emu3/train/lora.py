@@ -34,7 +34,7 @@ class LoRALinear(nn.Linear):
 
     @classmethod
     def wrap(cls, linear: nn.Linear, rank: int, alpha: float, dropout: float,
-             generator: torch.Generator | None) -> "LoRALinear":
+             generator: torch.Generator | None) -> LoRALinear:
         if linear.bias is not None:
             raise ValueError("LoRA here wraps bias-free linears only (Emu3 has no biases)")
         w = linear.weight

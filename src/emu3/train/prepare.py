@@ -1,10 +1,12 @@
 """`emu3 prepare`: a JSONL manifest -> shards of token ids, loss masks and grid shapes.
 
-Each record's media are read, rescaled to the model's `image_area` keeping the aspect ratio (the
-official recipe, spec 8.1), preprocessed, encoded by the vision tokenizer and laid out by
-`examples.py`. Shard k holds manifest records [k*R, (k+1)*R), so a rerun after an interruption
-skips every shard already on disk and writes only the rest; `dataset.json` pins the settings, and a
-rerun with other settings is refused (or, with `overwrite`, starts over). A bad record (missing
+Each record's media are read, preprocessed, encoded by the vision tokenizer and laid out by
+`examples.py`. Images to generate (text-to-image, video) are first rescaled to the model's
+`image_area` keeping the aspect ratio (the official recipe, spec 8.1); images to understand (VQA)
+are preprocessed exactly as `emu3 chat` does at inference. Shard k holds manifest records
+[k*R, (k+1)*R), so a rerun after an interruption skips every shard already on disk and writes only
+the rest; `dataset.json` pins the settings, and a rerun with other settings is refused (or, with
+`overwrite`, starts over). A bad record (missing
 file, corrupt image, empty text, too long for the context, ...) is counted with its reason and
 skipped; it never stops the run. This module does not train and does not shuffle.
 """
@@ -29,7 +31,13 @@ from emu3.train import atomic, examples
 from emu3.train.config import PrepareConfig
 from emu3.train.manifest import Record, RecordError, parse_record, read_lines
 from emu3.train.metrics import Progress
-from emu3.train.shards import DATASET_FILE, DataError, read_stats, shard_path, write_shard
+from emu3.train.shards import (
+    DATASET_FILE,
+    DataError,
+    read_stats,
+    shard_path,
+    write_shard,
+)
 from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
 
 SUMMARY_FILE = "summary.json"
@@ -56,26 +64,30 @@ class Encoder:
         self.vq, self.processor, self.image_area = vq, processor, image_area
         self.device = next(vq.parameters()).device
 
-    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        frames = self.processor.preprocess([rescale_to_area(im.convert("RGB"), self.image_area) for im in images])
+    def pixels(self, images: list[Image.Image], rescale: bool) -> torch.Tensor:
+        """Preprocessed (N, 3, H, W) pixels; `rescale` first brings generation targets to `image_area`."""
+        images = [im.convert("RGB") for im in images]
+        if rescale:
+            images = [rescale_to_area(im, self.image_area) for im in images]
+        frames = self.processor.preprocess(images)
         if len({tuple(f.shape) for f in frames}) != 1:
             raise RecordError("unreadable media", f"frames differ in size: {sorted({tuple(f.shape) for f in frames})}")
         return torch.stack(frames).to(self.device)  # (N, 3, H, W)
 
     @torch.inference_mode()
-    def images(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.vq.encode(self.pixels(images)).cpu()  # (N, h, w)
+    def images(self, images: list[Image.Image], rescale: bool = True) -> torch.Tensor:
+        return self.vq.encode(self.pixels(images, rescale)).cpu()  # (N, h, w)
 
     @torch.inference_mode()
     def clip(self, frames: list[Image.Image]) -> torch.Tensor:
         factor = self.vq.temporal_factor
         frames = frames + frames[-1:] * (-len(frames) % factor)  # complete the last group of 4
-        return self.vq.encode(self.pixels(frames)[None])[0].cpu()  # (t, h, w)
+        return self.vq.encode(self.pixels(frames, True)[None])[0].cpu()  # (t, h, w)
 
 
 def build_example(record: Record, tok: Tokenizer, enc: Encoder, cfg: PrepareConfig) -> examples.Example:
-    if record.task == "vqa":
-        codes = enc.images([load_image(record.image)])[0]
+    if record.task == "vqa":  # images to understand are processed as `emu3 chat` processes them
+        codes = enc.images([load_image(record.image)], rescale=False)[0]
         return examples.chat(tok, [codes], [(t.question, t.answer) for t in record.turns])
     if record.task == "t2i":
         return examples.text_to_visual(tok, record.caption, [enc.images([load_image(record.image)])[0]])

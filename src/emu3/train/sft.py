@@ -30,8 +30,8 @@ from emu3.model import Transformer
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import SFTConfig
-from emu3.train.lora import add_lora
 from emu3.train.loop import FitResult, StepCallback, fit
+from emu3.train.lora import add_lora
 from emu3.train.prepare import lm_config
 from emu3.train.shards import DataError, Shard, open_folder
 
@@ -82,14 +82,15 @@ class LMData:
     too_long: int
 
     @classmethod
-    def open(cls, entries: list[str], max_len: int, vocab_size: int) -> "LMData":
+    def open(cls, entries: list[str], max_len: int, vocab_size: int) -> LMData:
         folders = [_parse_data(e) for e in entries]
         infos, shards, where, lengths, loss_tokens, groups = [], [], [], [], [], []
         too_long = count = 0
         for path, _ in folders:
             info, folder_shards = open_folder(path)
             if info.get("vocab_size", 0) > vocab_size:
-                raise DataError(f"{path} was tokenized for {info['vocab_size']} ids, more than the model's {vocab_size}")
+                raise DataError(f"{path} was tokenized for {info['vocab_size']} ids, "
+                                f"more than the model's {vocab_size}")
             infos.append(info)
             members = []
             for shard in folder_shards:
@@ -105,7 +106,8 @@ class LMData:
                 count += n
             groups.append(np.concatenate(members) if members else np.zeros(0, dtype=np.int64))
         if not sum(len(g) for g in groups):
-            raise DataError(f"no usable training example in {entries} (all empty, unsupervised or longer than {max_len})")
+            raise DataError(f"no usable training example in {entries} "
+                            f"(all empty, unsupervised or longer than {max_len} tokens)")
         return cls(folders, infos, shards, np.concatenate(where), np.concatenate(lengths),
                    np.concatenate(loss_tokens), groups, too_long)
 
@@ -129,7 +131,7 @@ class SFTTask:
     def collate(self, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """(inputs, targets, weights), each (B, T): next-token pairs, right-padded; and the real token count."""
         rows = []
-        for index, drop in zip(batch.indices, batch.drop_prompt):
+        for index, drop in zip(batch.indices, batch.drop_prompt, strict=True):
             s = self.data.sample(index)
             s = s.without_prompt() if drop else s
             rows.append((s.ids, s.loss_mask))

@@ -16,9 +16,10 @@ does not decide what goes into an example (`examples.py`) or in what order it is
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class Sample:
     prompt_span: tuple[int, int]
     task: str
 
-    def without_prompt(self) -> "Sample":
+    def without_prompt(self) -> Sample:
         """The same example with its prompt span (the caption) removed: caption dropout."""
         a, b = self.prompt_span
         if b <= a:
@@ -129,7 +130,8 @@ def read_dataset_info(folder: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{folder} is not a prepared data folder: {DATASET_FILE} is missing (run `emu3 prepare`)") from None
+        raise DataError(f"{folder} is not a prepared data folder: {DATASET_FILE} is missing "
+                        "(run `emu3 prepare`)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path} is corrupt: {exc}") from exc
 

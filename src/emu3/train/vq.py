@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -48,7 +47,7 @@ class VQLoss(nn.Module):
                 raise ValueError("perceptual_weight > 0 needs the lpips package (pip install lpips)") from None
             object.__setattr__(self, "_lpips", lpips.LPIPS(net="vgg").eval().requires_grad_(False))
 
-    def train(self, mode: bool = True) -> "VQLoss":
+    def train(self, mode: bool = True) -> VQLoss:
         super().train(mode)
         if not self.cfg.train_batchnorm:
             for m in self.modules():
@@ -112,7 +111,9 @@ class Media:
             return [load_image(record.image)]
         return [load_image(p) for p in record.frames] if record.frames else load_frames(record.video)
 
-    def _crop(self, image: Image.Image, rng: np.random.Generator, box: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
+    def _crop(self, image: Image.Image, rng: np.random.Generator,
+              box: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
+        """Resize the short side to the resolution, then cut a square at `box` (drawn when None)."""
         r = self.resolution
         scale = r / min(image.width, image.height)
         image = image.convert("RGB").resize((max(r, round(image.width * scale)), max(r, round(image.height * scale))),
@@ -137,8 +138,9 @@ class Media:
         out = []
         for frame in frames:
             crop, box = self._crop(frame, rng, box)
-            x = np.asarray(crop, dtype=np.float32) * self.processor.rescale_factor
-            x = (x - np.asarray(self.processor.image_mean, np.float32)) / np.asarray(self.processor.image_std, np.float32)
+            p = self.processor
+            x = np.asarray(crop, dtype=np.float32) * p.rescale_factor
+            x = (x - np.asarray(p.image_mean, np.float32)) / np.asarray(p.image_std, np.float32)  # (R, R, 3)
             out.append(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))
         return out[0] if t == 1 else torch.stack(out)
 

@@ -75,6 +75,8 @@ def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
     p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
+    if lm:
+        p.add_argument("--quantize", choices=["int8", "fp8"], help="weight-only quantization of the LM (torchao)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -152,7 +154,9 @@ def _load(args: argparse.Namespace, *, lm: bool = True):
     dtype = resolve_dtype(args.dtype, device)
     if not lm and not args.vision_tokenizer:
         raise ValueError("--vision-tokenizer DIR is required")
-    return Emu3.load(args.model if lm else None, args.vision_tokenizer, device=device, dtype=dtype)
+    if not lm:
+        return Emu3.load(None, args.vision_tokenizer, device=device, dtype=dtype)
+    return Emu3.load(args.model, args.vision_tokenizer, device=device, dtype=dtype, quantize=args.quantize)
 
 
 def _is_emu35(model: str) -> bool:

@@ -48,17 +48,17 @@ def reference(tmp_path_factory):
 
 def test_generate_picks_emu35_from_the_checkpoint(capsys, tmp_path, lm_dir):
     out = run_json(capsys, ["generate", "a red cat", "--model", lm_dir, "--image-area", "4096", "--max-new-tokens",
-                            "32", "--seed", "3", "--batch", "2", "-o", str(tmp_path / "cat.png")])
+                            "26", "--seed", "3", "--batch", "2", "-o", str(tmp_path / "cat.png")])
     assert out["images"] == [str(tmp_path / "cat_0.png"), str(tmp_path / "cat_1.png")]
     assert out["grid"] == [4, 4] and out["seeds"] == [3, 4]
     for ids in out["token_ids"]:
-        assert ids[-1] == EMU35.eoi and ids.count(EMU35.boi) == 1 and len(ids) <= 32
+        assert ids[-1] == EMU35.eoi and ids.count(EMU35.boi) == 1 and len(ids) <= 26
     assert Image.open(tmp_path / "cat_1.png").size == (64, 64)
 
 
 def test_edit_follows_the_reference_size(capsys, tmp_path, lm_dir, reference, loaded):
     out = run_json(capsys, ["edit", "make the sky green", "--image", reference, "--model", lm_dir, "--image-area",
-                            "6144", "--max-new-tokens", "48", "--seed", "0", "-o", str(tmp_path / "e.png")])
+                            "6144", "--max-new-tokens", "36", "--seed", "0", "-o", str(tmp_path / "e.png")])
     assert out["grid"] == [4, 6] and Image.open(tmp_path / "e.png").size == (96, 64)
 
 

@@ -87,7 +87,7 @@ def read(ids: list[int], budget: int) -> tuple[int, list[tuple[int, int]]]:
 
 
 def test_every_constraint_holds_in_sampled_runs(lm):
-    budget = 120
+    budget = 50
     out = run(lm, max_new_tokens=budget, sizes=[(2, 3), (3, 2)], seeds=[1, 2])
     totals = [read(row, budget) for row in out]
     for (text, grids), size in zip(totals, [(2, 3), (3, 2)]):

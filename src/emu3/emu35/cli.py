@@ -78,7 +78,8 @@ def _load(args: argparse.Namespace):
     from emu3.emu35.bundle import Emu35
 
     device = resolve_device(args.device)
-    return Emu35.load(args.model, args.vision_tokenizer, device=device, dtype=resolve_dtype(args.dtype, device))
+    return Emu35.load(args.model, args.vision_tokenizer, device=device, dtype=resolve_dtype(args.dtype, device),
+                      quantize=args.quantize)
 
 
 def _run(args: argparse.Namespace, task: str, prompt: str, images: list, text: SamplingConfig | None,

@@ -153,3 +153,12 @@ def test_bad_requests_are_refused(lm):
         run(lm, uncond=UNCOND[:1], max_new_tokens=4)
     with pytest.raises(ValueError, match="context"):
         run(lm, [[V.bos] * 1024], None, max_new_tokens=4)
+
+
+def test_an_int8_model_runs_the_loop():
+    pytest.importorskip("torchao")
+    from emu3.quantize import quantize_lm
+
+    model = quantize_lm(BiasedLM({V.boi: 12.0, V.eos: 11.0}), "int8")
+    (ids,) = run(model, PROMPTS[:1], UNCOND[:1], max_new_tokens=20, sizes=[(2, 3)], seeds=[1])
+    assert read(ids, 20)[1] == [(2, 3)]

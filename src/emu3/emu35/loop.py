@@ -72,7 +72,7 @@ def _allowed_table(vocab_size: int, vocab: Vocab, header: SizeHeader, device) ->
     return table
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: quantized weight subclasses cannot be sliced under it
 def generate_interleaved(
     model: Transformer,
     prompts: list[list[int]],

@@ -14,10 +14,13 @@ allocation, or the process' peak RSS on CPU) and the settings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -56,39 +59,49 @@ def main() -> None:
     cfg_lm = lm_preset(args.preset)
     if args.seq_len > cfg_lm.max_position_embeddings:
         raise SystemExit(f"--seq-len {args.seq_len} exceeds the preset's context {cfg_lm.max_position_embeddings}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     steps = args.warmup + args.steps
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(os.environ.get("EMU3_BENCH_DIR", tmp))
-        data = tmp / "data"
-        if int(os.environ.get("RANK", "0")) == 0:
+    # One folder for all processes of a torchrun job (its run id), a fresh one otherwise.
+    tmp = Path(tempfile.gettempdir()) / f"emu3-train-bench-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"
+    data = tmp / "data"
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
             synthetic_data(data, steps * args.micro_batch_size * args.grad_accum * world, args.seq_len, 0)
-        if world > 1:  # the others wait for rank 0's data through the file system
-            import time
-
-            while not (data / "dataset.json").is_file():
-                time.sleep(0.1)
+        while not (data / "dataset.json").is_file():  # the others wait for rank 0's data
+            time.sleep(0.1)
         cfg = SFTConfig(output=str(tmp / "run"), data=[str(data)], preset=args.preset, init=True,
                         max_steps=steps, micro_batch_size=args.micro_batch_size, grad_accum=args.grad_accum,
                         warmup_steps=0, lr=1e-4, min_lr=1e-5, device=args.device, dtype=args.dtype,
                         gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank,
                         null_prompt_prob=0.0, save=False, quiet=True)
         summary = train_lm(cfg)
-        if int(os.environ.get("RANK", "0")) != 0:
+        if rank != 0:
             return
         measured = read_log(tmp / "run" / "metrics.jsonl")[args.warmup:]
+    finally:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
     tokens = sum(r["tokens"] for r in measured)
     seconds = sum(r["step_s"] for r in measured)
-    device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) else args.device.replace("auto", "cpu")
     print(json.dumps({
-        "preset": args.preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "preset": args.preset, "device": _device_name(args.device),
         "world_size": summary["world_size"], "seq_len": args.seq_len, "micro_batch_size": args.micro_batch_size,
         "grad_accum": args.grad_accum, "gradient_checkpointing": args.gradient_checkpointing,
         "lora_rank": args.lora_rank, "dtype": args.dtype, "parameters": _parameters(cfg_lm),
         "steps": len(measured), "tokens_per_s": round(tokens / seconds, 1), "step_s": round(seconds / len(measured), 4),
         "peak_memory_gb": round(max(r["memory_gb"] for r in measured), 3), "torch": torch.__version__,
     }))
+
+
+def _device_name(flag: str) -> str:
+    if flag.startswith("cuda") or (flag == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name()
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
 
 
 def _parameters(cfg) -> int:

@@ -2,9 +2,14 @@
 exactly (dropout, caption dropout and LoRA dropout included); crashes never corrupt `latest`."""
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from emu3.checkpoint import load_lm
+from emu3.cli import main
 from emu3.train import state
 from emu3.train.config import SFTConfig
+from emu3.train.lora import merge_lora
 from emu3.train.metrics import read_log
 from emu3.train.sft import train_lm
 from tests.test_train_utils import base_model, one_thread, t2i_dataset  # noqa: F401
@@ -40,6 +45,12 @@ def test_resume_reproduces_the_uninterrupted_losses(setup):
     with pytest.raises(Killed):  # dies during step 5, after the checkpoint of step 4
         train_lm(_cfg(tmp_path, "cut"), on_step=_kill_after(5))
     assert state.latest(tmp_path / "cut").name == "step-00000004"
+    # The interrupted run's latest checkpoint exports to a loadable model (LoRA merged).
+    assert main(["export", str(tmp_path / "cut"), "-o", str(tmp_path / "step4"), "--json"]) == 0
+    step4 = load_lm(tmp_path / "step4" / "model")
+    ckpt = load_file(str(tmp_path / "cut" / "checkpoints" / "step-00000004" / "model.safetensors"))
+    merged = merge_lora({k[len("lm."):]: v for k, v in ckpt.items()}, scale=32.0 / 2)
+    assert all(torch.equal(v, merged[k]) for k, v in step4.state_dict().items())
     train_lm(_cfg(tmp_path, "cut", resume=True))
     full = read_log(tmp_path / "full" / "metrics.jsonl")
     cut = read_log(tmp_path / "cut" / "metrics.jsonl")

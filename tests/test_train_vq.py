@@ -91,3 +91,6 @@ def test_train_vq_command_from_a_preset_on_video_clips(tmp_path, capsys):
     assert out["steps"] == 2 and np.isfinite(out["psnr"]) and out["tokens"] == 2 * 4  # 2 clips x 1 frame x 2x2
     vq, _ = load_vision_tokenizer(out["export"])
     assert vq.encode(torch.zeros(1, 4, 3, 16, 16)).shape == (1, 1, 2, 2)
+    assert main(["export", str(tmp_path / "run" / "checkpoints" / "step-00000002"), "-o", str(tmp_path / "again")]) == 0
+    again, _ = load_vision_tokenizer(tmp_path / "again" / "vision-tokenizer")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in vq.state_dict().items())

@@ -1,4 +1,4 @@
-"""Argument parsing for `emu3 prepare`, `emu3 train` and `emu3 train-vq`.
+"""Argument parsing for `emu3 prepare`, `emu3 train`, `emu3 train-vq` and `emu3 export`.
 
 Flags are generated from the config dataclasses (`--micro-batch-size` for `micro_batch_size`, with
 each field's help), so a recipe file and the command line name settings the same way. Only flags
@@ -93,6 +93,23 @@ def cmd_train_vq(args: argparse.Namespace) -> dict[str, Any]:
                                    f"saved to {summary.get('export')}"])
 
 
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from emu3.train import sft, state, vq
+
+    folder = Path(args.checkpoint)
+    if (folder / state.CHECKPOINTS).is_dir():  # a run's output folder: its latest checkpoint
+        folder = state.latest(folder) or folder
+    saved = state.read_state(folder)
+    dest = Path(args.output) if args.output else folder.parent.parent / "export"
+    if saved.get("kind") == "vq":
+        out = vq.export_checkpoint(folder, dest, VQTrainConfig(**saved["config"]))
+    else:
+        out = sft.export_checkpoint(folder, dest, SFTConfig(**saved["config"]))
+    return _report(args, {"export": str(out), "step": saved["step"]}, [f"step {saved['step']} exported to {out}"])
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the training subcommands on the `emu3` parser's subparsers."""
     specs = [
@@ -107,4 +124,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         _add_fields(p, cls, positional)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(run=run)
+    p = sub.add_parser("export", help="export a training checkpoint as a model folder that generate/chat load",
+                       description="Write the model of a checkpoint (or of a run's latest one) in the official "
+                                   "layout. Paths saved in the checkpoint's settings are read as they were given "
+                                   "to the training command (run it from the same folder, or use absolute paths).")
+    p.add_argument("checkpoint", help="a checkpoint folder (OUT/checkpoints/step-N) or a run's output folder")
+    p.add_argument("-o", "--output", help="destination folder (default: OUT/export of the run)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(run=cmd_export)
 

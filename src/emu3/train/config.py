@@ -98,7 +98,8 @@ class SFTConfig(LoopConfig):
     init: bool = opt(False, "random initialisation (std 0.02) instead of the --model weights")
     vision_tokenizer: str | None = opt(None, "vision tokenizer to place beside the export (default: the data's)")
     null_prompt_prob: float = opt(0.05, "probability of dropping a caption (text-to-image/video), for guidance")
-    max_seq_len: int = opt(0, "longest example kept, in tokens (0: the model's max_position_embeddings)")
+    max_seq_len: int = opt(0, "longest example kept, in tokens (0: the model's max_position_embeddings; "
+                              "more raises the exported model's max_position_embeddings, as the official recipe)")
     bucket_window: int = opt(16, "sort examples by length within windows of N global batches (0: no bucketing)")
     gradient_checkpointing: bool = opt(True, "recompute each layer's activations in the backward pass")
     loss_chunk: int = opt(1024, "supervised positions per output-head chunk (bounds the fp32 logits' memory)")

@@ -35,6 +35,7 @@ StepCallback = Callable[[dict[str, Any]], None]
 
 
 class Task(Protocol):
+    kind: str  # "lm" or "vq": recorded in checkpoints, so that `emu3 export` knows what it holds
     module: nn.Module  # computes the loss; sharded when several processes run
     plan: Plan
 
@@ -142,7 +143,8 @@ def fit(cfg: LoopConfig, task: Task, info: DistInfo, on_step: StepCallback | Non
                 log.write(final)
             progress.update(step + 1, loss=final["loss"], lr=lr, tok_s=round(final["tokens_per_s"]))
             if cfg.save and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
-                trainer_state = {"config": cfg.to_dict(), "fingerprint": task.fingerprint(), "last": final}
+                trainer_state = {"kind": task.kind, "config": cfg.to_dict(), "fingerprint": task.fingerprint(),
+                                 "last": final}
                 model_state = state.save(output, step + 1, task.module, optimizer, info, trainer_state,
                                          cfg.keep_checkpoints)
             if on_step is not None:

@@ -14,6 +14,7 @@ This module does not prepare data or parse argv.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -30,10 +32,10 @@ from emu3.model import Transformer
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import SFTConfig
-from emu3.train.loop import FitResult, StepCallback, fit
+from emu3.train.loop import StepCallback, fit
 from emu3.train.lora import add_lora
 from emu3.train.prepare import lm_config
-from emu3.train.shards import DataError, Shard, open_folder
+from emu3.train.shards import DataError, Shard, open_folder, read_dataset_info
 
 
 class LMLoss(nn.Module):
@@ -119,6 +121,8 @@ class LMData:
 class SFTTask:
     """The `loop.Task` of language-model training."""
 
+    kind = "lm"
+
     def __init__(self, module: nn.Module, data: LMData, plan: Plan, cfg: SFTConfig, pad_id: int,
                  device: torch.device) -> None:
         self.module, self.data, self.plan, self.cfg = module, data, plan, cfg
@@ -160,30 +164,45 @@ class SFTTask:
                 "bucket_window": self.cfg.bucket_window, "max_seq_len": self.cfg.max_seq_len}
 
 
+def _base(cfg: SFTConfig) -> tuple[LMConfig, Path | None]:
+    """The architecture `cfg` names (a preset, or the base folder's config) and the base folder."""
+    if cfg.preset is not None:
+        return lm_preset(cfg.preset), None
+    base = ckpt.resolve(cfg.model)
+    return lm_config(base), base
+
+
+def _with_context(lm_cfg: LMConfig, cfg: SFTConfig) -> LMConfig:
+    """A longer `max_seq_len` than the model's context raises it, as the official recipe's update_configs."""
+    if cfg.max_seq_len > lm_cfg.max_position_embeddings:
+        return dataclasses.replace(lm_cfg, max_position_embeddings=cfg.max_seq_len)
+    return lm_cfg
+
+
 def build_model(cfg: SFTConfig) -> tuple[Transformer, LMConfig, Path | None]:
     """(model on CPU in fp32, its config, the base folder if any) as `cfg` asks."""
-    if cfg.preset is not None:
-        lm_cfg, base = lm_preset(cfg.preset), None
-    else:
-        base = ckpt.resolve(cfg.model)
-        lm_cfg = lm_config(base)
+    lm_cfg, base = _base(cfg)
     if cfg.init:
-        model = Transformer(lm_cfg)
+        with torch.device("meta"):  # allocate once, then draw every weight from our generator
+            model = Transformer(lm_cfg)
+        model.to_empty(device="cpu")
         model.init_weights(0.02, torch.Generator().manual_seed(cfg.seed))
     else:
         model = ckpt.load_lm(base, dtype=torch.float32, device="cpu")
-        lm_cfg = model.config
-    return model, lm_cfg, base
+    model.config = _with_context(model.config, cfg)
+    return model, model.config, base
 
 
-def _export(cfg: SFTConfig, result: FitResult, lm_cfg: LMConfig, base: Path | None, data: LMData) -> Path:
+def _export(cfg: SFTConfig, model_state: dict[str, torch.Tensor], lm_cfg: LMConfig, base: Path | None,
+            dest: Path) -> Path:
+    """Write the trained LM (`model_state` of `LMLoss`) in the original layout under `dest`."""
     prefix = "lm."
-    state = {k[len(prefix):]: v for k, v in result.model_state.items() if k.startswith(prefix)}
-    info = data.infos[0]
+    state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+    info = read_dataset_info(_parse_data(cfg.data[0])[0])
     tokenizer_dir = base if base is not None and _has_tokenizer(base) else (
         Path(info["tokenizer"]) if info.get("tokenizer") else None)
     vision = cfg.vision_tokenizer or info.get("vision_tokenizer")
-    return export.export_lm(state, lm_cfg, Path(cfg.output) / "export",
+    return export.export_lm(state, lm_cfg, dest,
                             lora_scale=cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else None,
                             tokenizer_dir=tokenizer_dir, vision_tokenizer=Path(vision) if vision else None,
                             dtype=cfg.export_dtype)
@@ -198,8 +217,7 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
     info = distributed.setup(cfg.device)
     try:
         model, lm_cfg, base = build_model(cfg)
-        max_len = min(cfg.max_seq_len or lm_cfg.max_position_embeddings, lm_cfg.max_position_embeddings)
-        data = LMData.open(cfg.data, max_len, lm_cfg.vocab_size)
+        data = LMData.open(cfg.data, cfg.max_seq_len or lm_cfg.max_position_embeddings, lm_cfg.vocab_size)
         if cfg.lora_rank:
             add_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.seed)
         model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -213,8 +231,14 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
         summary = {"steps": result.steps, **result.final, "examples": int(sum(len(g) for g in data.groups)),
                    "skipped_too_long": data.too_long, "world_size": info.world_size}
         if info.is_main and cfg.save:
-            summary["export"] = str(_export(cfg, result, lm_cfg, base, data))
+            summary["export"] = str(_export(cfg, result.model_state, lm_cfg, base, Path(cfg.output) / "export"))
         distributed.barrier(info)
         return summary
     finally:
         distributed.teardown(info)
+
+
+def export_checkpoint(folder: Path, dest: Path, cfg: SFTConfig) -> Path:
+    """Export the model of LM checkpoint `folder` (trained with `cfg`) under `dest`; returns the LM folder."""
+    lm_cfg, base = _base(cfg)
+    return _export(cfg, load_file(str(folder / "model.safetensors")), _with_context(lm_cfg, cfg), base, dest)

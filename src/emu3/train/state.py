@@ -64,6 +64,14 @@ def latest(output: Path) -> Path | None:
     return folder
 
 
+def read_state(folder: Path) -> dict[str, Any]:
+    """The trainer state (step, kind, settings) of a checkpoint folder."""
+    try:
+        return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{folder} is not a complete training checkpoint: {exc}") from exc
+
+
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -131,10 +139,10 @@ def _prune(root: Path, keep: int) -> None:
 
 def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict[str, Any]:
     """Restore model, optimizer and this process' RNG from checkpoint `folder`; returns its trainer state."""
+    trainer_state = read_state(folder)
     try:
-        trainer_state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         model_state, optim_state = {}, {}
-        if info.is_main or info.world_size == 1:
+        if info.is_main:
             model_state = load_file(str(folder / "model.safetensors"))
             meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
             optim_state = _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), meta)

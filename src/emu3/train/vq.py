@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 
 from emu3 import checkpoint
@@ -136,9 +137,9 @@ class Media:
         frames = frames + frames[-1:] * (t - len(frames))
         box = None
         out = []
+        p = self.processor
         for frame in frames:
             crop, box = self._crop(frame, rng, box)
-            p = self.processor
             x = np.asarray(crop, dtype=np.float32) * p.rescale_factor
             x = (x - np.asarray(p.image_mean, np.float32)) / np.asarray(p.image_std, np.float32)  # (R, R, 3)
             out.append(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))
@@ -147,6 +148,8 @@ class Media:
 
 class VQTask:
     """The `loop.Task` of vision-tokenizer training."""
+
+    kind = "vq"
 
     def __init__(self, module: nn.Module, media: Media, plan: Plan, cfg: VQTrainConfig, codebook_size: int,
                  device: torch.device) -> None:
@@ -210,18 +213,35 @@ def read_media(manifest: str) -> tuple[list[Record], list[dict[str, Any]]]:
     return records, skipped
 
 
+def build_tokenizer(cfg: VQTrainConfig) -> tuple[VisionTokenizer, ImageProcessor]:
+    """The tokenizer to train (from a preset or a folder; re-initialised with `init`) and its processor."""
+    if cfg.preset is not None:
+        torch.manual_seed(cfg.seed)
+        return VisionTokenizer(vq_preset(cfg.preset)), ImageProcessor()
+    vq, processor = checkpoint.load_vision_tokenizer(cfg.vision_tokenizer)
+    if cfg.init:
+        torch.manual_seed(cfg.seed)
+        vq = VisionTokenizer(vq.config)
+    return vq, processor
+
+
+def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: ImageProcessor, dest: Path) -> Path:
+    """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`."""
+    state = {k[len("vq."):]: v for k, v in state.items() if k.startswith("vq.")}
+    return export.save_vision_tokenizer(state, vq.config, processor, dest)
+
+
+def export_checkpoint(folder: Path, dest: Path, cfg: VQTrainConfig) -> Path:
+    """Export the tokenizer of checkpoint `folder` (trained with `cfg`) to `dest/vision-tokenizer`."""
+    vq, processor = build_tokenizer(cfg)
+    return _export(load_file(str(folder / "model.safetensors")), vq, processor, dest / export.VQ_DIR)
+
+
 def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
     """Run (or resume) vision-tokenizer training as `cfg` says; every process calls this."""
     info = distributed.setup(cfg.device)
     try:
-        if cfg.preset is not None:
-            torch.manual_seed(cfg.seed)
-            vq, processor = VisionTokenizer(vq_preset(cfg.preset)), ImageProcessor()
-        else:
-            vq, processor = checkpoint.load_vision_tokenizer(cfg.vision_tokenizer)
-            if cfg.init:
-                torch.manual_seed(cfg.seed)
-                vq = VisionTokenizer(vq.config)
+        vq, processor = build_tokenizer(cfg)
         f = vq.spatial_factor
         if cfg.resolution % f:
             raise ValueError(f"resolution {cfg.resolution} must be a multiple of the spatial factor {f}")
@@ -237,9 +257,8 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
         summary = {"steps": result.steps, **result.final, "records": len(records), "skipped": len(skipped),
                    "skipped_records": skipped, "world_size": info.world_size}
         if info.is_main and cfg.save:
-            state = {k[len("vq."):]: v for k, v in result.model_state.items() if k.startswith("vq.")}
-            out = Path(cfg.output) / "export" / export.VQ_DIR
-            summary["export"] = str(export.save_vision_tokenizer(state, vq.config, processor, out))
+            dest = Path(cfg.output) / "export" / export.VQ_DIR
+            summary["export"] = str(_export(result.model_state, vq, processor, dest))
         distributed.barrier(info)
         return summary
     finally:

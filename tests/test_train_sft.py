@@ -105,7 +105,7 @@ def test_train_command_from_a_preset_exports_a_model_that_generate_loads(tmp_pat
                           model=str(emu3_fixture / "Emu3-tiny"), quiet=True), torch.device("cpu"))
     argv = ["train", "--preset", "tiny", "--init", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
             "--micro-batch-size", "1", "--grad-accum", "1", "--max-steps", "2", "--no-gradient-checkpointing",
-            "--quiet", "--json"]
+            "--max-seq-len", "2048", "--quiet", "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == 2 and out["export"] == str(tmp_path / "run" / "export" / "model")
@@ -113,6 +113,8 @@ def test_train_command_from_a_preset_exports_a_model_that_generate_loads(tmp_pat
     assert "pass --resume" in capsys.readouterr().err
     exported = tmp_path / "run" / "export"
     assert (exported / "model" / "emu3.tiktoken").is_file()
+    config = json.loads((exported / "model" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 2048  # raised to --max-seq-len, as the official recipe does
     assert (exported / "vision-tokenizer" / "config.json").is_file()
     assert main(["generate", "red", "--model", str(exported / "model"), "--greedy", "--image-area", "1024",
                  "-o", str(tmp_path / "g.png"), "--quiet", "--json"]) == 0

@@ -17,6 +17,7 @@ from PIL import Image
 from emu3.generation import SamplingConfig
 from emu3.generation.engine import StepFn, generate_images
 from emu3.generation.loop import Progress
+from emu3.generation.memory import check_fits, plan_generation
 from emu3.pipelines.loading import Emu3
 from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT, generation_prompt, grid_for_ratio, parse_image
 
@@ -65,6 +66,12 @@ def text_to_image(
     negative = generation_prompt(tok, negative_prompt, (h, w), vocab=m.vocab)
     base = secrets.randbelow(2**31) if seed is None else seed
     seeds = [base + i for i in range(len(prompts))]
+    device = lm.lm_head.weight.device
+    plan = plan_generation(lm.config, dtype=lm.lm_head.weight.dtype, batch=len(ids), new_tokens=h * (w + 1) + 3,
+                           prompt_len=max(len(p) for p in ids + [negative]), guidance=cfg != 1.0,
+                           draft_len=draft_len, codebook_size=m.vocab.codebook_size,
+                           materialized_attention=device.type == "cpu")
+    check_fits(plan, device)
     start, stats = time.perf_counter(), {}
     out = generate_images(
         lm, ids, [(h, w)] * len(ids), vocab=m.vocab, sampling=sampling, negative_prompts=[negative] * len(ids),

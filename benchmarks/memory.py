@@ -1,0 +1,74 @@
+"""The memory planner against a measurement; prints one JSON object.
+
+    python benchmarks/memory.py --preset small --grid 16 16 --batch 2
+
+On a GPU the measurement is `torch.cuda.max_memory_allocated`; on a CPU it is the process's peak
+resident set minus what it held before the model was built (so it includes allocator overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+
+import torch
+
+from emu3.config import lm_preset
+from emu3.generation import SamplingConfig
+from emu3.generation.engine import generate_images
+from emu3.generation.memory import plan_generation
+from emu3.model import Transformer
+from emu3.vocab import EMU3
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def measure(args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    h, w = args.grid
+    prompt = [EMU3.bos] + list(range(1000, 1000 + args.prompt_len - 7)) + [EMU3.boi, 23, 9, 23, EMU3.img]
+    new_tokens = h * (w + 1) + 3
+    cfg = lm_preset(args.preset, max_position_embeddings=len(prompt) + new_tokens + args.draft_len + 8)
+    plan = plan_generation(cfg, dtype=dtype, batch=args.batch, prompt_len=len(prompt), new_tokens=new_tokens,
+                           guidance=True, draft_len=args.draft_len, materialized_attention=device.type == "cpu")
+    base = rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.device(device):
+        model = Transformer(cfg).to(dtype).eval()
+    generate_images(model, [prompt] * args.batch, [(h, w)] * args.batch, vocab=EMU3,
+                    sampling=SamplingConfig(top_k=2048), negative_prompts=[prompt] * args.batch, cfg_scale=3.0,
+                    seeds=list(range(args.batch)), draft_len=args.draft_len)
+    if device.type == "cuda":
+        measured = torch.cuda.max_memory_allocated(device)
+    else:
+        measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"preset": args.preset, "device": str(device), "dtype": args.dtype, "batch": args.batch,
+            "grid": [h, w], "draft_len": args.draft_len, "planned_mb": plan.total / 2**20,
+            "measured_mb": measured / 2**20, "ratio": plan.total / measured,
+            "plan": {"weights_mb": plan.weights / 2**20, "kv_cache_mb": plan.kv_cache / 2**20,
+                     "activations_mb": plan.activations / 2**20}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--grid", type=int, nargs=2, default=(16, 16))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=40)
+    p.add_argument("--draft-len", type=int, default=0)
+    json.dump(measure(p.parse_args(argv)), sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

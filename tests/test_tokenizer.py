@@ -33,6 +33,28 @@ def test_vocabulary_layout(tok):
         tok.token_id("<|nope|>")
 
 
+def test_visual_tokens_are_ids_by_arithmetic(tok):
+    text = "a<|visual token 000007|><|visual token 032767|><|extra_200|>b"
+    ids = tok.encode(text, allow_special=True)
+    assert ids == tok.encode("a") + [151854 + 7, 184621, 151846] + tok.encode("b")
+    assert tok.decode(ids, skip_special=False) == text
+    with pytest.raises(KeyError):
+        tok.token_id("<|visual token 032768|>")
+
+
+def test_vision_tokens_file_must_be_in_order(tmp_path, emu3_fixture):
+    import shutil
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    shutil.copy(emu3_fixture / "Emu3-tiny" / "emu3.tiktoken", folder)
+    lines = (emu3_fixture / "Emu3-tiny" / "emu3_vision_tokens.txt").read_text().splitlines()
+    lines[10], lines[11] = lines[11], lines[10]
+    (folder / "emu3_vision_tokens.txt").write_text("\n".join(lines))
+    with pytest.raises(TokenizerError, match="in order"):
+        Tokenizer.from_dir(folder)
+
+
 def test_digits_split_one_by_one(tok):
     assert tok.encode("90*90") == [tok.encode(c)[0] for c in "90*90"]
 
@@ -55,11 +77,12 @@ def test_hf_vocab_json_gives_the_same_tokenizer(tmp_path, tok, emu3_fixture):
     vocab.update(tok.special_ids)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     added = [{"id": i, "content": t} for t, i in tok.special_ids.items()]
+    added += [{"id": tok.visual_base + c, "content": f"<|visual token {c:06d}|>"} for c in range(tok.codebook_size)]
     (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": added}))
     hf = Tokenizer.from_dir(tmp_path)
     text = "Hello, 世界! 123 tabs\tand\nnewlines <|image start|>"
     assert hf.encode(text) == tok.encode(text)
-    assert hf.special_ids == tok.special_ids
+    assert hf.special_ids == tok.special_ids and hf.vocab_size == tok.vocab_size
 
 
 def test_missing_and_corrupt_files(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import unicodedata
 from pathlib import Path
 
@@ -23,6 +24,7 @@ PAT_STR = (
     r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 BASE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{k}|>" for k in range(205)]
+VISUAL_TOKEN = re.compile(r"<\|visual token (\d{6})\|>")
 RANKS_FILE = "emu3.tiktoken"
 VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
 
@@ -84,14 +86,24 @@ class Tokenizer:
     """Text <-> ids for Emu3-family checkpoints; special tokens are looked up, never parsed from text."""
 
     def __init__(self, ranks: dict[bytes, int], extra_specials: list[str]) -> None:
+        """`extra_specials`: the lines of emu3_vision_tokens.txt (image markers, then visual tokens)."""
         if len(ranks) != NUM_BPE:
             raise TokenizerError(f"expected {NUM_BPE} BPE ranks, found {len(ranks)}")
-        specials = BASE_SPECIALS + extra_specials
+        markers = [t for t in extra_specials if not VISUAL_TOKEN.fullmatch(t)]
+        codebook = len(extra_specials) - len(markers)
+        if extra_specials[len(markers):] != [f"<|visual token {c:06d}|>" for c in range(codebook)]:
+            raise TokenizerError("the vision tokens must follow the image markers as <|visual token 000000|>, "
+                                 "<|visual token 000001|>, ... in order")
+        # Visual tokens are ids by arithmetic, not tiktoken specials: 131072 of them would make every
+        # load compile a huge regular expression.
+        specials = BASE_SPECIALS + markers
         self.special_ids = {tok: NUM_BPE + i for i, tok in enumerate(specials)}
         self._enc = tiktoken.Encoding(
             name="emu3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=self.special_ids
         )
-        self.vocab_size = NUM_BPE + len(specials)
+        self.visual_base = NUM_BPE + len(specials)
+        self.codebook_size = codebook
+        self.vocab_size = self.visual_base + codebook
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "Tokenizer":
@@ -127,20 +139,39 @@ class Tokenizer:
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Encode text (NFC-normalised). Special-token strings stay plain text unless `allow_special`."""
         text = unicodedata.normalize("NFC", text)
-        if allow_special:
-            return self._enc.encode(text, allowed_special="all")
-        return self._enc.encode_ordinary(text)
+        if not allow_special:
+            return self._enc.encode_ordinary(text)
+        ids: list[int] = []
+        for i, piece in enumerate(VISUAL_TOKEN.split(text)):
+            if i % 2:  # a captured visual code
+                ids.append(self.token_id(f"<|visual token {piece}|>"))
+            elif piece:
+                ids += self._enc.encode(piece, allowed_special="all")
+        return ids
 
     def decode(self, ids, *, skip_special: bool = True) -> str:
         """Ids -> text; with `skip_special` every id >= 151643 (control and visual) is dropped."""
         ids = [int(i) for i in ids]
         if skip_special:
-            ids = [i for i in ids if i < NUM_BPE]
-        return self._enc.decode(ids, errors="replace")
+            return self._enc.decode([i for i in ids if i < NUM_BPE], errors="replace")
+        out, run = [], []
+        for i in ids:
+            if i < self.visual_base:
+                run.append(i)
+                continue
+            if run:
+                out.append(self._enc.decode(run, errors="replace"))
+                run = []
+            out.append(f"<|visual token {i - self.visual_base:06d}|>")
+        if run:
+            out.append(self._enc.decode(run, errors="replace"))
+        return "".join(out)
 
     def token_id(self, special: str) -> int:
-        """The id of a special token such as "<|image start|>"."""
-        try:
+        """The id of a special token such as "<|image start|>" or "<|visual token 000042|>"."""
+        if special in self.special_ids:
             return self.special_ids[special]
-        except KeyError:
-            raise KeyError(f"{special!r} is not a special token of this vocabulary") from None
+        match = VISUAL_TOKEN.fullmatch(special)
+        if match and int(match.group(1)) < self.codebook_size:
+            return self.visual_base + int(match.group(1))
+        raise KeyError(f"{special!r} is not a special token of this vocabulary")

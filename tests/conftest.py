@@ -12,6 +12,26 @@ EMU3_FIXTURE = SHARED / "fixtures" / "emu3-tiny-original"
 EMU35_FIXTURE = SHARED / "fixtures" / "emu35-tiny-original"
 
 
+def small_vocab():
+    """A small Emu3-like vocabulary: 40 text ids, then control ids, then 16 visual codes (ids 47..62)."""
+    from emu3.vocab import Vocab
+
+    return Vocab(pad=0, eol=40, eof=41, bos=42, eos=43, img=44, boi=45, eoi=46, visual_base=47, codebook_size=16)
+
+
+@pytest.fixture(scope="session")
+def rand_lm():
+    """A tiny random LM over `small_vocab()`, with weights wide enough to make decisions non-trivial."""
+    import torch
+
+    from emu3.config import lm_preset
+    from emu3.model import Transformer
+
+    model = Transformer(lm_preset("tiny", vocab_size=small_vocab().size, pad_token_id=0, max_position_embeddings=256))
+    model.init_weights(std=0.3, generator=torch.Generator().manual_seed(0))
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def emu3_fixture() -> Path:
     """The tiny Emu3 checkpoint in the original format, with golden outputs of the original code."""

@@ -7,17 +7,16 @@ from emu3.config import lm_preset
 from emu3.generation import ImageGrid, SamplingConfig, generate, guide
 from emu3.generation.engine import generate_images
 from emu3.model import Transformer
-from emu3.vocab import EMU3, Vocab
+from emu3.vocab import EMU3
+from tests.conftest import small_vocab
 
 GREEDY = SamplingConfig(greedy=True)
-VOCAB = Vocab(pad=0, eol=40, eof=41, bos=42, eos=43, img=44, boi=45, eoi=46, visual_base=47, codebook_size=16)
+VOCAB = small_vocab()
 
 
 @pytest.fixture(scope="module")
-def lm():
-    model = Transformer(lm_preset("tiny", vocab_size=VOCAB.size, pad_token_id=0, max_position_embeddings=256))
-    model.init_weights(std=0.3, generator=torch.Generator().manual_seed(0))
-    return model.eval()
+def lm(rand_lm):
+    return rand_lm
 
 
 def plain(model, prompts, grids, vocab, **kwargs):

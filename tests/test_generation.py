@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from emu3.config import lm_preset
 from emu3.generation import ImageGrid, SamplingConfig, generate, guide, sample
 from emu3.generation.sampling import warp
-from emu3.model import Transformer
 from emu3.pipelines import answer, text_to_image
-from emu3.vocab import EMU3, Vocab
+from emu3.vocab import EMU3
+from tests.conftest import small_vocab
 
 GREEDY = SamplingConfig(greedy=True)
 
@@ -34,15 +33,7 @@ def test_golden_vqa(tiny, golden, emu3_fixture):
     assert result.token_ids == vqa["output_ids"]
 
 
-# A small random model with a small vocabulary: 40 text ids, then control ids, then 16 visual codes.
-VOCAB = Vocab(pad=0, eol=40, eof=41, bos=42, eos=43, img=44, boi=45, eoi=46, visual_base=47, codebook_size=16)
-
-
-@pytest.fixture(scope="module")
-def rand_lm():
-    model = Transformer(lm_preset("tiny", vocab_size=VOCAB.size, pad_token_id=0, max_position_embeddings=256))
-    model.init_weights(std=0.3, generator=torch.Generator().manual_seed(0))
-    return model.eval()
+VOCAB = small_vocab()
 
 
 def _naive_greedy(model, prompt, n):

@@ -162,3 +162,11 @@ def test_an_int8_model_runs_the_loop():
     model = quantize_lm(BiasedLM({V.boi: 12.0, V.eos: 11.0}), "int8")
     (ids,) = run(model, PROMPTS[:1], UNCOND[:1], max_new_tokens=20, sizes=[(2, 3)], seeds=[1])
     assert read(ids, 20)[1] == [(2, 3)]
+
+
+def test_a_run_that_cannot_fit_is_refused_before_it_starts(lm, monkeypatch):
+    from emu3.generation import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
+    with pytest.raises(MemoryError, match="this generation needs"):
+        run(lm, max_new_tokens=40)

@@ -35,6 +35,7 @@ from emu3.emu35.cache import GappedCache
 from emu3.emu35.prompts import SizeHeader
 from emu3.generation.constraints import guide
 from emu3.generation.loop import Progress, left_pad
+from emu3.generation.memory import check_fits, plan_generation
 from emu3.generation.sampling import SamplingConfig, sample
 from emu3.model import Transformer
 from emu3.vocab import Vocab
@@ -123,6 +124,9 @@ def generate_interleaved(
     if max(need) > budget:
         raise ValueError(f"a budget of {budget} new tokens cannot hold a {rows[need.index(max(need))].size} "
                          f"image, which needs {max(need)} (raise max_new_tokens or shrink the image)")
+    check_fits(plan_generation(model.config, dtype=model.lm_head.weight.dtype, batch=batch, prompt_len=prompt_len,
+                               new_tokens=budget, guidance=guided, codebook_size=vocab.codebook_size,
+                               materialized_attention=device.type == "cpu"), device)
     generators = None if seeds is None else [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     allowed = _allowed_table(model.config.vocab_size, vocab, header, device)
     visual_head = model.lm_head.weight[vocab.visual_base:vocab.visual_end]  # (codebook, C): a view

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tiktoken
 
-from emu3.vocab import NUM_BPE
+from emu3.vocab import NUM_BPE, Vocab
 
 # The Qwen pre-tokenizer pattern: note `\p{N}` splits every digit on its own.
 PAT_STR = (
@@ -106,7 +106,7 @@ class Tokenizer:
         self.vocab_size = self.visual_base + codebook
 
     @classmethod
-    def from_dir(cls, folder: str | Path) -> "Tokenizer":
+    def from_dir(cls, folder: str | Path) -> Tokenizer:
         """Load from a checkpoint folder: original files, or a transformers -hf `vocab.json`."""
         folder = Path(folder)
         vision_file = folder / VISION_TOKENS_FILE
@@ -166,6 +166,19 @@ class Tokenizer:
         if run:
             out.append(self._enc.decode(run, errors="replace"))
         return "".join(out)
+
+    @property
+    def vocab(self) -> Vocab:
+        """The control ids and visual range of this vocabulary."""
+        return Vocab(visual_base=self.visual_base, codebook_size=self.codebook_size)
+
+    def byte_rank(self, byte: int) -> int:
+        """The BPE rank of the single-byte token `byte` (0..255)."""
+        return self._enc.encode_single_token(bytes([byte]))
+
+    def token_bytes(self, rank: int) -> bytes:
+        """The bytes of BPE rank `rank`."""
+        return self._enc.decode_single_token_bytes(rank)
 
     def token_id(self, special: str) -> int:
         """The id of a special token such as "<|image start|>" or "<|visual token 000042|>"."""

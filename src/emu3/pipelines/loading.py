@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from emu3 import checkpoint
+from emu3.compact_vocab import CompactTokenizer, load_tokenizer
 from emu3.model import Transformer
 from emu3.tokenizer import Tokenizer
 from emu3.vision import ImageProcessor, VisionTokenizer
@@ -25,7 +26,7 @@ class Emu3:
     """Everything a task needs; `lm`/`tokenizer` are None for a vision-tokenizer-only bundle."""
 
     lm: Transformer | None
-    tokenizer: Tokenizer | None
+    tokenizer: Tokenizer | CompactTokenizer | None
     vq: VisionTokenizer
     processor: ImageProcessor
     vocab: Vocab = EMU3
@@ -46,7 +47,7 @@ class Emu3:
                 from emu3.quantize import quantize_lm
 
                 quantize_lm(lm, quantize)
-            tokenizer = Tokenizer.from_dir(folder)
+            tokenizer = load_tokenizer(folder)
             if vision_tokenizer is None:
                 vision_tokenizer = checkpoint.find_vision_tokenizer(folder)
             if tokenizer.vocab_size != lm.config.vocab_size:
@@ -56,13 +57,14 @@ class Emu3:
         if vision_tokenizer is None:
             raise ValueError("give a model folder, a vision tokenizer folder, or both")
         vq, processor = checkpoint.load_vision_tokenizer(vision_tokenizer, dtype=vq_dtype, device=device)
-        return cls(lm=lm, tokenizer=tokenizer, vq=vq, processor=processor)
+        vocab = tokenizer.vocab if tokenizer is not None else EMU3
+        return cls(lm=lm, tokenizer=tokenizer, vq=vq, processor=processor, vocab=vocab)
 
     @property
     def image_area(self) -> int:
         return self.lm.config.image_area if self.lm is not None else self.processor.max_pixels
 
-    def require_lm(self) -> tuple[Transformer, Tokenizer]:
+    def require_lm(self) -> tuple[Transformer, Tokenizer | CompactTokenizer]:
         if self.lm is None or self.tokenizer is None:
             raise ValueError("this task needs a language model: load one with --model DIR")
         return self.lm, self.tokenizer

@@ -27,7 +27,7 @@ from emu3.train.lora import merge_lora
 from emu3.vision import ImageProcessor
 
 TOKENIZER_FILES = ("emu3.tiktoken", "emu3_vision_tokens.txt", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "tokenizer.json", "special_tokens_map.json", "generation_config.json")
+                   "tokenizer.json", "special_tokens_map.json", "generation_config.json", "vocab_map.json")
 LM_DIR, VQ_DIR = "model", "vision-tokenizer"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 

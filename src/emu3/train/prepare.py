@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from emu3 import checkpoint
+from emu3.compact_vocab import CompactTokenizer, load_tokenizer
 from emu3.config import LMConfig
 from emu3.tokenizer import Tokenizer
 from emu3.train import atomic, examples
@@ -85,16 +86,16 @@ class Encoder:
         return self.vq.encode(self.pixels(frames, True)[None])[0].cpu()  # (t, h, w)
 
 
-def build_example(record: Record, tok: Tokenizer, enc: Encoder, cfg: PrepareConfig) -> examples.Example:
+def build_example(record: Record, tok: Tokenizer | CompactTokenizer, enc: Encoder, cfg: PrepareConfig) -> examples.Example:
     if record.task == "vqa":  # images to understand are processed as `emu3 chat` processes them
         codes = enc.images([load_image(record.image)], rescale=False)[0]
-        return examples.chat(tok, [codes], [(t.question, t.answer) for t in record.turns])
+        return examples.chat(tok, [codes], [(t.question, t.answer) for t in record.turns], vocab=tok.vocab)
     if record.task == "t2i":
-        return examples.text_to_visual(tok, record.caption, [enc.images([load_image(record.image)])[0]])
+        return examples.text_to_visual(tok, record.caption, [enc.images([load_image(record.image)])[0]], vocab=tok.vocab)
     frames = [load_image(p) for p in record.frames] if record.frames else load_frames(record.video)
     frames = frames[:: cfg.frame_stride][: cfg.max_frames]
     blocks = [enc.clip(frames)] if cfg.video_mode == "clip" else list(enc.images(frames))
-    return examples.text_to_visual(tok, record.caption, blocks, task="video")
+    return examples.text_to_visual(tok, record.caption, blocks, task="video", vocab=tok.vocab)
 
 
 def _reason(exc: Exception) -> str:
@@ -149,7 +150,7 @@ def prepare(cfg: PrepareConfig, device: torch.device) -> dict[str, Any]:
     area = cfg.image_area or lm_cfg.image_area
     max_len = cfg.max_seq_len or lm_cfg.max_position_embeddings
     lines = read_lines(cfg.manifest)
-    tok = Tokenizer.from_dir(model)
+    tok = load_tokenizer(model)
     out = Path(cfg.output)
     settings = _settings(cfg, lines, model, vq_dir, tok, area, max_len)
     _claim_folder(out, settings, cfg.overwrite)

@@ -217,7 +217,10 @@ def build_tokenizer(cfg: VQTrainConfig) -> tuple[VisionTokenizer, ImageProcessor
     """The tokenizer to train (from a preset or a folder; re-initialised with `init`) and its processor."""
     if cfg.preset is not None:
         torch.manual_seed(cfg.seed)
-        return VisionTokenizer(vq_preset(cfg.preset)), ImageProcessor()
+        vq = VisionTokenizer(vq_preset(cfg.preset))
+        # A new tokenizer is used at the size it learns: inference resizes every image to that area.
+        area = cfg.resolution ** 2
+        return vq, ImageProcessor(min_pixels=area, max_pixels=area, spatial_factor=vq.spatial_factor)
     vq, processor = checkpoint.load_vision_tokenizer(cfg.vision_tokenizer)
     if cfg.init:
         torch.manual_seed(cfg.seed)

@@ -49,6 +49,28 @@ def test_training_forward_matches_inference_and_is_straight_through(emu3_fixture
     assert set(stats) == {"recon", "codebook", "commit", "psnr"}
 
 
+def test_dead_codes_move_onto_latents_of_the_batch():
+    from emu3.config import vq_preset
+    from emu3.vision import VisionTokenizer
+
+    torch.manual_seed(0)
+    vq = VisionTokenizer(vq_preset("tiny", codebook_size=64))
+    cfg = VQTrainConfig(output="x", data="x", preset="tiny", init=True, restart_dead_codes=1)
+    wrapper = VQLoss(vq, cfg).train()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    wrapper(pixels)  # nothing is idle yet: no restart; the unpicked codes become idle
+    before = vq.quantize.embedding.weight.detach().clone()
+    idle = wrapper._idle > 0
+    assert idle.any()
+    wrapper(pixels)
+    after = vq.quantize.embedding.weight.detach()
+    assert torch.equal(after[~idle], before[~idle]) and not torch.equal(after[idle], before[idle])
+    with torch.no_grad():
+        z = wrapper.encode(pixels).permute(0, 1, 3, 4, 2).reshape(-1, 4)
+    # every restarted code now sits on a latent of the batch
+    assert torch.cdist(after[idle], z).min(dim=1).values.max() < 1e-3
+
+
 def test_fine_tuning_logs_statistics_and_saves_an_official_folder(manifest, tmp_path, emu3_fixture):
     source = emu3_fixture / "Emu3-VisionTokenizer-tiny"
     before, _ = load_vision_tokenizer(source)

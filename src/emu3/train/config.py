@@ -146,6 +146,8 @@ class VQTrainConfig(LoopConfig):
     codebook_weight: float = opt(1.0, "weight of the codebook loss ||sg(z) - zq||^2")
     perceptual_weight: float = opt(0.0, "weight of an LPIPS term (needs the lpips package)")
     train_batchnorm: bool = opt(False, "update BatchNorm statistics (off: keep the checkpoint's)")
+    restart_dead_codes: int = opt(0, "move codes unused for this many micro-batches onto latents of the batch "
+                                     "(against codebook collapse when training from scratch; 0: never)")
     lr: float = opt(1e-4, "peak learning rate")
     min_lr: float = opt(1e-5, "learning rate at the end of the cosine decay")
     warmup_steps: int = opt(100, "linear warmup steps (from 0)")

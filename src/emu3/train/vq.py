@@ -8,7 +8,10 @@ the reconstruction gradient reaches the encoder. Loss per sample: pixel L1 (or L
 the lpips package is installed and the weight is set). Images train as the official 4-frame static
 clip (decoded frame 0); `num_frames` > 1 trains on clips. Logged: the loss terms, PSNR, and codebook
 usage (share of codes hit in the step and since the run started) and perplexity. BatchNorm keeps
-the checkpoint's statistics unless `train_batchnorm`. No adversarial term is implemented. The result
+the checkpoint's statistics unless `train_batchnorm`. With `restart_dead_codes`, codes that no latent
+picked for that many micro-batches are moved onto random latents of the batch (training from scratch
+collapses onto a few codes without it; the restarts are per process, so use them on one process). No
+adversarial term is implemented. The result
 is saved in the official VQ folder layout.
 """
 
@@ -41,6 +44,7 @@ class VQLoss(nn.Module):
         super().__init__()
         self.vq, self.cfg = vq, cfg
         self._lpips = None
+        self._idle = torch.zeros(vq.config.codebook_size, dtype=torch.long)  # micro-batches since each code was hit
         if cfg.perceptual_weight > 0:
             try:
                 import lpips
@@ -75,10 +79,26 @@ class VQLoss(nn.Module):
             return vq.decoder.spatial(z[:, 0], zq[:, 0])
         return vq.decoder(z, zq).unflatten(0, (zq.shape[0], -1))
 
+    @torch.no_grad()
+    def _restart_dead_codes(self, z: torch.Tensor) -> None:
+        """Codes idle for `restart_dead_codes` micro-batches are moved onto random latents of this batch."""
+        dead = (self._idle >= self.cfg.restart_dead_codes).nonzero().flatten()
+        if len(dead):
+            flat = z.detach().permute(0, 1, 3, 4, 2).reshape(-1, z.shape[2]).float()  # (N, E)
+            pick = torch.randint(len(flat), (len(dead),), device=flat.device)
+            weight = self.vq.quantize.embedding.weight
+            weight[dead.to(weight.device)] = flat[pick].to(weight.dtype)
+            self._idle[dead] = 0
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         z = self.encode(pixels)  # (B, t, E, h, w)
+        if self.training and self.cfg.restart_dead_codes:
+            self._restart_dead_codes(z)
         with torch.no_grad():
             codes = self.vq.quantize(z)  # (B, t, h, w)
+            if self.training:
+                hit = torch.bincount(codes.flatten().cpu(), minlength=len(self._idle)) > 0
+                self._idle = torch.where(hit, 0, self._idle + 1)
         zq = self.vq.quantize.lookup(codes).to(z.dtype)  # (B, t, E, h, w)
         dims = tuple(range(1, z.ndim))
         codebook = (zq - z.detach()).float().pow(2).mean(dims)  # (B,)

@@ -1,0 +1,183 @@
+"""Train the bundled Shapes-world model from nothing: data, vision tokenizer, compact vocabulary, LM.
+
+    python scripts/train_shapes.py --work runs/shapes [--device cuda] [--install]
+
+Stages (each is skipped when its output exists, so an interrupted run resumes):
+  1. data        `emu3.datasets.shapes.write_dataset`: captioned images + images with questions (64x64)
+  2. vq          `emu3 train-vq --preset shapes --init` (8x8 grids of 512 codes)
+  3. base        a compact vocabulary (the 256 byte tokens + the corpus's BPE ranks + controls + codes)
+                 and an untrained LM folder (`small` shapes, its vocabulary) that the next stages start from
+  4. prepare     `emu3 prepare` of the manifest with that tokenizer and vision tokenizer
+  5. train       `emu3 train --model base --init` (text-to-image + VQA, from scratch), exported in bf16
+  6. eval        vision-tokenizer PSNR on held-out pictures and ShapesEval (held-out compositions)
+With `--install`, the export is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
+The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BPE = REPO.parent / "shared" / "fixtures" / "emu3-tiny-original" / "Emu3-tiny" / "emu3.tiktoken"
+ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
+
+
+def emu3(*args: str) -> None:
+    """Run one `emu3` command of this project, failing loudly."""
+    cmd = [sys.executable, "-m", "emu3", *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def stage_data(work: Path, a: argparse.Namespace) -> Path:
+    from emu3.datasets.shapes import write_dataset
+
+    manifest = work / "data" / "manifest.jsonl"
+    if not manifest.is_file():
+        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, seed=a.seed, image_size=64)
+    return manifest
+
+
+def stage_vq(work: Path, manifest: Path, a: argparse.Namespace) -> Path:
+    out = work / "vq" / "export" / "vision-tokenizer"
+    if not out.is_dir():
+        emu3("train-vq", "--data", str(manifest), "--preset", "shapes", "--init", "--resolution", "64",
+             "--micro-batch-size", str(a.vq_batch), "--max-steps", str(a.vq_steps), "--lr", "2e-3", "--min-lr", "2e-4",
+             "--warmup-steps", "30", "--restart-dead-codes", "20", "--save-every", "500", "--log-every", "20",
+             "--device", a.device,
+             "-o", str(work / "vq"), "--quiet")
+    return out
+
+
+def corpus(manifest: Path) -> list[str]:
+    """Every caption, question and answer of the manifest (the texts the compact table must hold)."""
+    texts = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        texts += [record["caption"]] if "caption" in record else []
+        texts += [t for turn in record.get("turns", []) for t in (turn["question"], turn["answer"])]
+    return texts
+
+
+def stage_base(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    from emu3 import checkpoint
+    from emu3.compact_vocab import CompactTokenizer
+    from emu3.config import lm_preset
+    from emu3.model import Transformer
+    from emu3.prompting import SYSTEM_PROMPT
+    from emu3.tokenizer import Tokenizer
+
+    base = work / "base"
+    if (base / "config.json").is_file():
+        return base
+    staging = work / "bpe"
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(a.bpe, staging / "emu3.tiktoken")
+    markers = ["<|image token|>", "<|image start|>", "<|image end|>"]
+    (staging / "emu3_vision_tokens.txt").write_text("\n".join(markers) + "\n", encoding="utf-8")
+    codebook = checkpoint.load_vision_tokenizer(vq_dir)[0].config.codebook_size
+    tok = CompactTokenizer.build(Tokenizer.from_dir(staging), corpus(manifest) + [SYSTEM_PROMPT], codebook)
+    cfg = lm_preset("small", vocab_size=tok.vocab_size, pad_token_id=tok.vocab.pad, max_position_embeddings=512,
+                    num_layers=a.layers, image_area=64 * 64)
+    with torch.device("meta"):
+        lm = Transformer(cfg)
+    lm.to_empty(device="cpu")
+    lm.init_weights(0.02, torch.Generator().manual_seed(a.seed))
+    checkpoint.save_lm(lm, base)
+    tok.save(base, a.bpe)
+    print(f"compact vocabulary: {len(tok.ranks)} text ids, {tok.vocab_size} in all", flush=True)
+    return base
+
+
+def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    out = work / "prepared"
+    if not (out / "summary.json").is_file():
+        emu3("prepare", str(manifest), "-o", str(out), "--model", str(base), "--vision-tokenizer", str(vq_dir),
+             "--device", a.device, "--quiet")
+    return out
+
+
+def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Path:
+    out = work / "lm"
+    if not (out / "export" / "model" / "config.json").is_file():
+        emu3("train", "--model", str(base), "--init", "--data", str(data), "-o", str(out),
+             "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--lr", "2e-3", "--min-lr", "1e-4",
+             "--warmup-steps", "100", "--null-prompt-prob", "0.1", "--save-every", "1000", "--log-every", "50",
+             "--export-dtype", "bf16", "--device", a.device, "--quiet")
+    return out / "export"
+
+
+def stage_eval(export: Path, a: argparse.Namespace) -> dict:
+    from PIL import Image
+
+    from emu3.datasets.shapes import write_dataset
+    from emu3.eval.shapes import evaluate_shapes, format_report
+    from emu3.pipelines import Emu3
+    from emu3.pipelines.text_to_image import text_to_image
+    from emu3.pipelines.understanding import answer
+
+    m = Emu3.load(export / "model", device=a.device)
+    # the vision tokenizer's PSNR on held-out pictures
+    held = write_dataset(export.parent / "psnr", n_images=64, seed=a.seed + 1, split="heldout", overwrite=True)
+    psnrs = []
+    for line in held.read_text(encoding="utf-8").splitlines():
+        image = Image.open(held.parent / json.loads(line)["image"]).convert("RGB")
+        recon = m.decode_codes(m.encode_image(image)[None])[0].resize(image.size)
+        mse = float((((np.asarray(recon, np.float64) - np.asarray(image, np.float64)) / 255) ** 2).mean())
+        psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
+    start = time.perf_counter()
+    report = evaluate_shapes(
+        generate=lambda p, s: text_to_image(m, p, seed=s, cfg=a.cfg, positive_prompt="", negative_prompt="").images[0],
+        answer=lambda im, q: answer(m, [im], q, max_new_tokens=8).text,
+        n_prompts=a.eval_prompts, n_questions=a.eval_questions, seed=0, split="heldout")
+    print(format_report(report), flush=True)
+    return {"psnr": sum(psnrs) / len(psnrs), "eval_seconds": time.perf_counter() - start,
+            "t2i_overall": report.images.overall, "t2i_categories": report.images.categories,
+            "vqa_accuracy": report.answers.accuracy}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path("runs/shapes"), help="working folder (resumable)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bpe", type=Path, default=DEFAULT_BPE, help="the official emu3.tiktoken")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=6000, help="captioned training images")
+    p.add_argument("--vqa", type=int, default=3000, help="training images with 3 questions each")
+    p.add_argument("--vq-steps", type=int, default=1000)
+    p.add_argument("--vq-batch", type=int, default=8)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--lm-steps", type=int, default=3000)
+    p.add_argument("--lm-batch", type=int, default=16)
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale at evaluation")
+    p.add_argument("--eval-prompts", type=int, default=100)
+    p.add_argument("--eval-questions", type=int, default=200)
+    p.add_argument("--install", action="store_true", help="copy the export into the package's assets")
+    a = p.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    manifest = stage_data(a.work, a)
+    vq_dir = stage_vq(a.work, manifest, a)
+    base = stage_base(a.work, manifest, vq_dir, a)
+    export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a)
+    figures = stage_eval(export, a)
+    print(json.dumps(figures, indent=2), flush=True)
+    (a.work / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    if a.install:
+        for name in ("model", "vision-tokenizer"):
+            shutil.rmtree(ASSETS / name, ignore_errors=True)
+            shutil.copytree(export / name, ASSETS / name, symlinks=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
@@ -32,7 +31,9 @@ NEGATIVE = [EMU3.bos] + list(range(2000, 2008)) + [EMU3.boi, 23, 9, 23, EMU3.img
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+    with open("/proc/self/status") as f:  # VmHWM: this program's peak resident memory, in kB
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["VmHWM"].split()[0]) / 1024
 
 
 def sync(device: torch.device) -> None:

@@ -28,6 +28,14 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def peak_rss_bytes() -> int:
+    """This program's peak resident memory (VmHWM). Not ru_maxrss: after a vfork+exec from a large
+    parent (a test runner) that reports the parent's peak."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["VmHWM"].split()[0]) * 1024
+
+
 def measure(args) -> dict:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -48,7 +56,7 @@ def measure(args) -> dict:
     if device.type == "cuda":
         measured = torch.cuda.max_memory_allocated(device)
     else:
-        measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        measured = peak_rss_bytes() - base
     return {"preset": args.preset, "device": str(device), "dtype": args.dtype, "batch": args.batch,
             "grid": [h, w], "draft_len": args.draft_len, "planned_mb": plan.total / 2**20,
             "measured_mb": measured / 2**20, "ratio": plan.total / measured,

@@ -88,7 +88,7 @@ def stage_base(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) 
     (staging / "emu3_vision_tokens.txt").write_text("\n".join(markers) + "\n", encoding="utf-8")
     codebook = checkpoint.load_vision_tokenizer(vq_dir)[0].config.codebook_size
     tok = CompactTokenizer.build(Tokenizer.from_dir(staging), corpus(manifest) + [SYSTEM_PROMPT], codebook)
-    cfg = lm_preset("small", vocab_size=tok.vocab_size, pad_token_id=tok.vocab.pad, max_position_embeddings=512,
+    cfg = lm_preset("small", vocab_size=tok.vocab_size, pad_token_id=tok.vocab.pad, max_position_embeddings=2048,
                     num_layers=a.layers, image_area=64 * 64)
     with torch.device("meta"):
         lm = Transformer(cfg)
@@ -122,10 +122,9 @@ def stage_eval(export: Path, a: argparse.Namespace) -> dict:
     from PIL import Image
 
     from emu3.datasets.shapes import write_dataset
-    from emu3.eval.shapes import evaluate_shapes, format_report
+    from emu3.eval.cli import evaluate_model
+    from emu3.eval.shapes import format_report
     from emu3.pipelines import Emu3
-    from emu3.pipelines.text_to_image import text_to_image
-    from emu3.pipelines.understanding import answer
 
     m = Emu3.load(export / "model", device=a.device)
     # the vision tokenizer's PSNR on held-out pictures
@@ -137,14 +136,9 @@ def stage_eval(export: Path, a: argparse.Namespace) -> dict:
         mse = float((((np.asarray(recon, np.float64) - np.asarray(image, np.float64)) / 255) ** 2).mean())
         psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
     start = time.perf_counter()
-    report = evaluate_shapes(
-        generate=lambda p, s: text_to_image(m, p, seed=s, cfg=a.cfg, positive_prompt="", negative_prompt="").images[0],
-        answer=lambda im, q: answer(m, [im], q, max_new_tokens=8).text,
-        n_prompts=a.eval_prompts, n_questions=a.eval_questions, seed=0, split="heldout")
+    report = evaluate_model(m, n_prompts=a.eval_prompts, n_questions=a.eval_questions, seed=0, cfg=a.cfg)
     print(format_report(report), flush=True)
-    return {"psnr": sum(psnrs) / len(psnrs), "eval_seconds": time.perf_counter() - start,
-            "t2i_overall": report.images.overall, "t2i_categories": report.images.categories,
-            "vqa_accuracy": report.answers.accuracy}
+    return {"psnr": sum(psnrs) / len(psnrs), "eval_seconds": time.perf_counter() - start, **report.to_dict()}
 
 
 def main() -> None:

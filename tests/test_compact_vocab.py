@@ -113,3 +113,10 @@ def test_a_compact_model_generates_an_image(compact, emu3_fixture, tmp_path):
     assert m.vocab == v
     result = text_to_image(m, CORPUS[0], seed=0, positive_prompt="", negative_prompt="")
     assert result.images[0].size == (32, 32) and result.grid == (4, 4)
+
+    from emu3.cli import main
+
+    assert main(["eval", "shapes", "--model", str(tmp_path / "model"), "--prompts", "1", "--questions", "1",
+                 "--device", "cpu", "--json"]) == 0
+    assert main(["generate", CORPUS[0], "--model", str(tmp_path / "model"), "-o", str(tmp_path / "a.png"),
+                 "--quiet"]) == 0

@@ -96,8 +96,6 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT
-
     parser = argparse.ArgumentParser(prog="emu3", description="Emu3 multimodal models: generate, chat, reconstruct.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -109,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image-area", type=int, default=None, help="pixel area (default: the model's image_area)")
     gen.add_argument("--cfg", type=float, default=None,
                      help="classifier-free guidance scale (default: 3.0 for Emu3, the t2i setting for Emu3.5)")
-    gen.add_argument("--positive-prompt", default=POSITIVE_PROMPT, help="suffix appended to the prompt")
-    gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT, help="unconditional context for guidance")
+    gen.add_argument("--positive-prompt", default=None, help="suffix appended to the prompt (default: the "
+                     "official one; none for a compact-vocabulary model, trained without it)")
+    gen.add_argument("--negative-prompt", default=None, help="unconditional context for guidance (default: the "
+                     "official one; none for a compact-vocabulary model)")
     gen.add_argument("--batch", type=int, default=1, help="number of images")
     gen.add_argument("--speculative", type=int, default=0, metavar="N",
                      help="speculative Jacobi decoding with N draft tokens per forward (0: off)")
@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     from emu3.serve.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+
+    from emu3.eval.cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
 
     from emu3.train.cli import add_parsers as add_train_parsers
 
@@ -173,7 +177,7 @@ def _output_paths(output: str, n: int) -> list[Path]:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
-    from emu3.pipelines.text_to_image import text_to_image
+    from emu3.pipelines.text_to_image import default_prompts, text_to_image
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -188,6 +192,9 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     args.cfg = 3.0 if args.cfg is None else args.cfg
     args.top_k = 2048 if args.top_k is None else args.top_k
     m = _load(args)
+    positive, negative = default_prompts(m)
+    args.positive_prompt = positive if args.positive_prompt is None else args.positive_prompt
+    args.negative_prompt = negative if args.negative_prompt is None else args.negative_prompt
     bar = ProgressBar("generate", not args.quiet)
     result = text_to_image(
         m, args.prompt, ratio=args.ratio, image_area=args.image_area, cfg=args.cfg,

@@ -155,9 +155,8 @@ def cmd_interleaved(args: argparse.Namespace) -> dict:
 def generate_from_args(args: argparse.Namespace) -> dict:
     """`emu3 generate` for an Emu3.5 checkpoint: the t2i task (aspect-ratio presets or "auto")."""
     from emu3.emu35.tasks import task_settings
-    from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT
 
-    if args.positive_prompt != POSITIVE_PROMPT or args.negative_prompt != NEGATIVE_PROMPT:
+    if args.positive_prompt is not None or args.negative_prompt is not None:
         raise ValueError("--positive-prompt / --negative-prompt apply to Emu3 only (Emu3.5 guides against "
                          "its own unconditional prompt)")
     if args.speculative:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from emu3.compact_vocab import CompactTokenizer
 from emu3.generation import SamplingConfig
 from emu3.generation.engine import StepFn, generate_images
 from emu3.generation.loop import Progress
@@ -22,6 +23,12 @@ from emu3.pipelines.loading import Emu3
 from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT, generation_prompt, grid_for_ratio, parse_image
 
 DEFAULT_SAMPLING = SamplingConfig(top_k=2048)
+
+
+def default_prompts(m: Emu3) -> tuple[str, str]:
+    """(positive suffix, negative prompt): the official ones, or none for a compact-vocabulary model
+    (such as the bundled Shapes model, trained without them)."""
+    return ("", "") if isinstance(m.tokenizer, CompactTokenizer) else (POSITIVE_PROMPT, NEGATIVE_PROMPT)
 
 
 @dataclass

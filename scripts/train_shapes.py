@@ -12,6 +12,11 @@ Stages (each is skipped when its output exists, so an interrupted run resumes):
   6. eval        vision-tokenizer PSNR on held-out pictures and ShapesEval (held-out compositions)
 With `--install`, the export is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
+
+The default step counts are what fitted a 2-core CPU in an hour (figures in benchmarks/RESULTS.md):
+far too few. The VQ was still improving at 1000 steps of 8 images (about 15 dB) and the LM at 900
+steps; a usable model wants tens of thousands of steps of each, i.e. a GPU
+(`--device cuda --vq-steps 20000 --vq-batch 32 --lm-steps 20000 --lm-batch 64`, not yet measured).
 """
 
 from __future__ import annotations

@@ -111,6 +111,14 @@ class LMConfig:
         return cls(**out)
 
 
+def _normalise_conv_fields(cfg: Any) -> None:
+    """Shared checks of the convolutional tokenizer configs: list fields become tuples, GroupNorm fits."""
+    object.__setattr__(cfg, "ch_mult", tuple(cfg.ch_mult))
+    object.__setattr__(cfg, "attn_resolutions", tuple(cfg.attn_resolutions))
+    if cfg.ch % 32:
+        raise ValueError(f"ch {cfg.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
+
+
 @dataclass(frozen=True)
 class VQConfig:
     """The Emu3 vision tokenizer (MoVQ-style VQ autoencoder with causal temporal convolutions)."""
@@ -128,10 +136,7 @@ class VQConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        if self.ch % 32:
-            raise ValueError(f"ch {self.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
+        _normalise_conv_fields(self)
         if self.temporal_downsample_factor & (self.temporal_downsample_factor - 1):
             raise ValueError(f"temporal_downsample_factor {self.temporal_downsample_factor} must be a power of 2")
 
@@ -192,10 +197,7 @@ class IBQConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        if self.ch % 32:
-            raise ValueError(f"ch {self.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
+        _normalise_conv_fields(self)
         if not self.ch_mult:
             raise ValueError("ch_mult must name at least one level")
 

@@ -135,3 +135,11 @@ def test_ibq_preprocessing_follows_the_official_formula():
     assert pixels.shape == (3, 64, 96) and pixels.dtype == torch.float32
     assert pixels[:, 0, 0].tolist() == [1.0, -1.0, pytest.approx(128 / 127.5 - 1)]
     assert to_image(pixels).getpixel((0, 0)) == (255, 0, 128)
+
+
+def test_emu3_load_picks_the_family(emu35_fixture, emu3_fixture):
+    import emu3
+    from emu3.emu35.bundle import Emu35
+
+    assert isinstance(emu3.load(emu35_fixture / "Emu3.5-tiny"), Emu35)
+    assert isinstance(emu3.load(emu3_fixture / "Emu3-tiny"), emu3.Emu3)

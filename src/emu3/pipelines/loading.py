@@ -86,6 +86,10 @@ class Emu3:
         return next(self.vq.parameters()).device
 
 
-def load(model=None, vision_tokenizer=None, **kwargs) -> Emu3:
-    """Shorthand for `Emu3.load`."""
+def load(model=None, vision_tokenizer=None, **kwargs):
+    """Load a checkpoint of either family: `Emu3.load`, or `emu3.emu35.bundle.Emu35.load` for Emu3.5."""
+    if model is not None and checkpoint.detect_family(checkpoint.resolve(model)) == checkpoint.EMU35_FAMILY:
+        from emu3.emu35.bundle import Emu35
+
+        return Emu35.load(model, vision_tokenizer, **kwargs)
     return Emu3.load(model, vision_tokenizer, **kwargs)

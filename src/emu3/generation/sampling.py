@@ -54,7 +54,14 @@ def sample(scores: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Gen
     """One token id per row of `scores` (B, V); `generators` holds one generator per row."""
     if cfg.is_greedy:
         return scores.argmax(-1)
-    probs = warp(scores.float(), cfg).softmax(-1)
+    return draw(warp(scores.float(), cfg).softmax(-1), generators)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """An index drawn from each distribution of `probs` (B, ..., K); row b uses `generators[b]`.
+
+    The exponential race `argmax(p / q)` with q ~ Exp(1) is a multinomial draw.
+    """
     noise = torch.empty_like(probs)
     for row, gen in enumerate(generators or [None] * probs.shape[0]):
         noise[row].exponential_(generator=gen)

@@ -19,15 +19,7 @@ import torch
 
 from emu3.generation.engine import ImageBatch, StepFn
 from emu3.generation.loop import Progress
-from emu3.generation.sampling import warp
-
-
-def _draw(probs: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """One index per distribution of `probs` (B, M, K), from each row's generator (exponential race)."""
-    noise = torch.empty_like(probs)
-    for row, gen in enumerate(generators or [None] * probs.shape[0]):
-        noise[row].exponential_(generator=gen)
-    return (probs / noise).argmax(-1)
+from emu3.generation.sampling import draw, warp
 
 
 def _uniform(batch: int, count: int, generators: list[torch.Generator] | None, device) -> torch.Tensor:
@@ -47,7 +39,7 @@ def speculative_jacobi(b: ImageBatch, draft_len: int, *, progress: Progress | No
     b.model.hidden(b.ids[:, :-1], torch.arange(b.prompt_len - 1, device=device), b.cache)
     last = b.ids[:, -1]  # (R,): the token whose KV is not in the cache yet
     uniform = torch.full((batch, draft_len, codebook), 1.0 / codebook, device=device)
-    drafts = torch.zeros(batch, draft_len, dtype=torch.long, device=device) if greedy else _draw(uniform, gens)
+    drafts = torch.zeros(batch, draft_len, dtype=torch.long, device=device) if greedy else draw(uniform, gens)
     q = uniform.clone()  # (B, L, K): the distribution each draft was drawn from
     out = torch.empty(batch, b.total, dtype=torch.long, device=device)
     pos = forwards = 0
@@ -81,7 +73,7 @@ def speculative_jacobi(b: ImageBatch, draft_len: int, *, progress: Progress | No
                 residual = (p[:, n - 1] - q[:, n - 1]).clamp_min(0)
                 mass = residual.sum(-1, keepdim=True)
                 residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p[:, n - 1])
-                fix = _draw(residual[:, None], gens)[:, 0]
+                fix = draw(residual[:, None], gens)[:, 0]
             committed[:, n - 1] = torch.where(rejected, fix + b.vocab.visual_base, committed[:, n - 1])
         out[:, pos:pos + n] = committed
         last = b.feed(committed[:, -1])
@@ -91,7 +83,7 @@ def speculative_jacobi(b: ImageBatch, draft_len: int, *, progress: Progress | No
         keep = n_win - n
         new_q = uniform.clone()
         new_q[:, :keep] = p[:, n:]
-        drafts = new_q.argmax(-1) if greedy else _draw(new_q, gens)
+        drafts = new_q.argmax(-1) if greedy else draw(new_q, gens)
         q = new_q
         if progress is not None:
             progress(pos, b.total)

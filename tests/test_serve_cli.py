@@ -23,7 +23,6 @@ def test_api_key_defaults_to_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["serve"], "--model DIR is required"),
     (["serve", "--model", "m", "--queue-size", "0"], "queue_size must be > 0"),
     (["serve", "--model", "m", "--preview-interval", "-1"], "preview_interval must be >= 0"),
     (["serve", "--model", "/no/such/folder"], "/no/such/folder"),

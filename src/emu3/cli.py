@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from emu3.bundled import model_or_bundled, vision_tokenizer_or_bundled
 from emu3.generation import SamplingConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -71,8 +72,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
     if lm:
-        p.add_argument("--model", required=True, help="language-model folder (original or -hf) or hub id")
-    p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model)")
+        p.add_argument("--model", help="language-model folder (original or -hf) or hub id "
+                       "(default: the bundled Shapes model)")
+    p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model; "
+                   "the bundled one without --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
     if lm:
@@ -156,10 +159,8 @@ def _load(args: argparse.Namespace, *, lm: bool = True):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if not lm and not args.vision_tokenizer:
-        raise ValueError("--vision-tokenizer DIR is required")
     if not lm:
-        return Emu3.load(None, args.vision_tokenizer, device=device, dtype=dtype)
+        return Emu3.load(None, vision_tokenizer_or_bundled(args.vision_tokenizer), device=device, dtype=dtype)
     return Emu3.load(args.model, args.vision_tokenizer, device=device, dtype=dtype, quantize=args.quantize)
 
 
@@ -183,6 +184,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.speculative < 0:
         raise ValueError(f"--speculative must be >= 0, got {args.speculative}")
+    args.model = str(model_or_bundled(args.model))
     if _is_emu35(args.model):
         from emu3.emu35.cli import generate_from_args
 
@@ -216,6 +218,7 @@ def cmd_chat(args: argparse.Namespace) -> dict:
     from emu3.pipelines.understanding import answer
     from emu3.vision import load_image
 
+    args.model = str(model_or_bundled(args.model))
     if _is_emu35(args.model):
         from emu3.emu35.cli import chat_from_args
 

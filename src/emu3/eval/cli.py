@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="benchmarks of a model")
     which = p.add_subparsers(dest="benchmark", required=True)
     shapes = which.add_parser("shapes", help="ShapesEval: text to image and questions on held-out compositions")
-    shapes.add_argument("--model", required=True, help="language-model folder (original or -hf)")
+    shapes.add_argument("--model", help="language-model folder (original or -hf; default: the bundled model)")
     shapes.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model)")
     shapes.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     shapes.add_argument("--prompts", type=int, default=100, help="text-to-image prompts (0: skip)")
@@ -48,12 +48,13 @@ def add_parser(sub) -> None:
 
 
 def cmd_eval_shapes(args: argparse.Namespace) -> dict:
+    from emu3.bundled import model_or_bundled
     from emu3.cli import resolve_device
     from emu3.pipelines import Emu3
 
     if args.prompts < 0 or args.questions < 0 or not (args.prompts or args.questions):
         raise ValueError("--prompts and --questions must be >= 0, and not both 0")
-    m = Emu3.load(args.model, args.vision_tokenizer, device=resolve_device(args.device))
+    m = Emu3.load(model_or_bundled(args.model), args.vision_tokenizer, device=resolve_device(args.device))
     report = evaluate_model(m, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed, cfg=args.cfg,
                             split=args.split)
     if not args.json:

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     defaults = Settings()
     p = subparsers.add_parser("serve", help="serve the HTTP API and the web page",
                               description="Serve an OpenAI-compatible HTTP API (images, chat) and a web page.")
-    p.add_argument("--model", help="language-model folder (original or -hf) or hub id")
+    p.add_argument("--model", help="language-model folder (original or -hf) or hub id "
+                   "(default: the bundled Shapes model)")
     p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
@@ -49,12 +50,12 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         from emu3.serve.app import create_app
     except ImportError as err:
         raise ValueError(f"serving needs the serve extra ({err}): pip install 'emu3[serve]'") from None
+    from emu3.bundled import model_or_bundled
     from emu3.checkpoint import EMU35_FAMILY, detect_family
     from emu3.cli import resolve_device, resolve_dtype
     from emu3.pipelines import Emu3
 
-    if not args.model:
-        raise ValueError("--model DIR is required (no model is bundled yet)")
+    args.model = str(model_or_bundled(args.model))
     settings = Settings(model_name=args.model_name or Path(str(args.model).rstrip("/")).name, api_key=args.api_key,
                         queue_size=args.queue_size, max_batch_images=args.max_batch_images,
                         preview_interval=args.preview_interval)

@@ -50,7 +50,7 @@ def stage_data(work: Path, a: argparse.Namespace) -> Path:
 
     manifest = work / "data" / "manifest.jsonl"
     if not manifest.is_file():
-        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, seed=a.seed, image_size=64)
+        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, n_videos=a.videos, seed=a.seed, image_size=64)
     return manifest
 
 
@@ -58,8 +58,10 @@ def stage_vq(work: Path, manifest: Path, a: argparse.Namespace) -> Path:
     out = work / "vq" / "export" / "vision-tokenizer"
     if not out.is_dir():
         emu3("train-vq", "--data", str(manifest), "--preset", "shapes", "--init", "--resolution", "64",
-             "--micro-batch-size", str(a.vq_batch), "--max-steps", str(a.vq_steps), "--lr", "2e-3", "--min-lr", "2e-4",
-             "--warmup-steps", "30", "--restart-dead-codes", "20", "--save-every", "500", "--log-every", "20",
+             "--crop", "32", "--autoencoder-steps", str(a.vq_autoencoder_steps), "--recon-loss", "l2",
+             "--micro-batch-size", str(a.vq_batch), "--max-steps", str(a.vq_steps), "--lr", "4e-3", "--min-lr", "2e-4",
+             "--betas", "0.9", "0.99", "--warmup-steps", "30", "--restart-dead-codes", "50", "--save-every", "500",
+             "--log-every", "20",
              "--device", a.device,
              "-o", str(work / "vq"), "--quiet")
     return out
@@ -109,7 +111,7 @@ def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argpa
     out = work / "prepared"
     if not (out / "summary.json").is_file():
         emu3("prepare", str(manifest), "-o", str(out), "--model", str(base), "--vision-tokenizer", str(vq_dir),
-             "--device", a.device, "--quiet")
+             "--video-mode", "frames", "--frame-stride", "2", "--max-frames", "4", "--device", a.device, "--quiet")
     return out
 
 
@@ -152,10 +154,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bpe", type=Path, default=DEFAULT_BPE, help="the official emu3.tiktoken")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=6000, help="captioned training images")
-    p.add_argument("--vqa", type=int, default=3000, help="training images with 3 questions each")
-    p.add_argument("--vq-steps", type=int, default=1000)
-    p.add_argument("--vq-batch", type=int, default=8)
+    p.add_argument("--images", type=int, default=8000, help="captioned training images")
+    p.add_argument("--vqa", type=int, default=4000, help="training images with 3 questions each")
+    p.add_argument("--videos", type=int, default=1500, help="captioned 8-frame clips (trained on frames 0, 2, 4, 6)")
+    p.add_argument("--vq-steps", type=int, default=3500)
+    p.add_argument("--vq-batch", type=int, default=16, help="32x32 crops per VQ step")
+    p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--lm-steps", type=int, default=3000)
     p.add_argument("--lm-batch", type=int, default=16)

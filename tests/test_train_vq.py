@@ -116,3 +116,50 @@ def test_train_vq_command_from_a_preset_on_video_clips(tmp_path, capsys):
     assert main(["export", str(tmp_path / "run" / "checkpoints" / "step-00000002"), "-o", str(tmp_path / "again")]) == 0
     again, _ = load_vision_tokenizer(tmp_path / "again" / "vision-tokenizer")
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in vq.state_dict().items())
+
+
+def test_autoencoder_warmup_then_kmeans_codebook_on_crops(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    lines = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png"}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "run"),
+            "--resolution", "32", "--crop", "16", "--autoencoder-steps", "2", "--micro-batch-size", "2",
+            "--max-steps", "3", "--lr", "1e-3", "--quiet", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == 2 * 4  # 16x16 crops of a factor-8 tokenizer: 2x2 codes each
+    log = read_log(tmp_path / "run" / "metrics.jsonl")
+    # steps 0 and 1 optimise the reconstruction alone (the codebook terms are logged, not trained)
+    assert [abs(r["loss"] - r["recon"]) < 1e-6 for r in log[:2]] == [True, True]
+    assert log[0]["codebook_loss"] > 0
+    _, processor = load_vision_tokenizer(out["export"])
+    assert processor.max_pixels == 32 * 32  # inference keeps the full resolution, not the crop
+
+
+def test_codebook_initialisation_puts_codes_on_latents(emu3_fixture):
+    vq, _ = load_vision_tokenizer(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    cfg = VQTrainConfig(data="m.jsonl", output="o", preset="tiny", init=True)
+    loss = VQLoss(vq, cfg)
+    batches = [torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(3)]
+    loss.init_codebook(batches, seed=0)
+    latents = torch.cat([loss.encode(b).permute(0, 1, 3, 4, 2).reshape(-1, vq.config.embed_dim) for b in batches])
+    codebook = vq.quantize.embedding.weight.detach()
+    # fewer latents (24) than codes: every latent becomes a code exactly, the other codes sit beside latents
+    assert torch.cdist(latents, codebook).min(1).values.max() < 1e-3  # cdist rounds near 0
+    assert torch.cdist(codebook, latents).min(1).values.max() < 1e-2 * float(latents.std())
+    assert len(torch.unique(codebook, dim=0)) == len(codebook)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--crop", "40"], "crop must be between 0 and resolution"),
+    (["--crop", "12"], "crop 12 must be a multiple of the spatial factor 8"),
+    (["--autoencoder-steps", "-1"], "autoencoder_steps must be >= 0"),
+])
+def test_bad_crop_and_warmup_flags(tmp_path, capsys, manifest, flags, message):
+    argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(manifest), "-o", str(tmp_path / "run"),
+            "--resolution", "32", "--max-steps", "1", "--quiet", *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -274,8 +274,8 @@ LM_PRESETS: dict[str, LMConfig] = {
 VQ_PRESETS: dict[str, VQConfig] = {
     "emu3-vq": VQConfig(),
     "tiny": VQConfig(ch=32, num_res_blocks=1),
-    # The bundled Shapes-world tokenizer: 64x64 images -> 8x8 grids of 512 codes.
-    "shapes": VQConfig(ch=32, num_res_blocks=1, codebook_size=512),
+    # The bundled Shapes-world tokenizer: 64x64 images -> 8x8 grids of 1024 codes of dimension 8.
+    "shapes": VQConfig(ch=32, num_res_blocks=1, codebook_size=1024, embed_dim=8, z_channels=8),
 }
 
 IBQ_PRESETS: dict[str, IBQConfig] = {

@@ -140,6 +140,10 @@ class VQTrainConfig(LoopConfig):
     preset: str | None = opt(None, "build the tokenizer from a preset instead (tiny, emu3-vq; needs --init)")
     init: bool = opt(False, "random initialisation instead of the --vision-tokenizer weights")
     resolution: int = opt(256, "square training crop size in pixels (a multiple of the spatial factor)")
+    crop: int = opt(0, "train on random square crops of this side cut from the --resolution square (cheaper "
+                       "steps; the tokenizer is convolutional), a multiple of the spatial factor (0: no crop)")
+    autoencoder_steps: int = opt(0, "train the first N steps as a plain autoencoder (no quantization), then set "
+                                    "the codebook by k-means on latents of the data (training from scratch)")
     num_frames: int = opt(1, "frames per sample: 1 (images) or a multiple of 4 (video clips)")
     recon_loss: str = opt("l1", "pixel reconstruction loss: l1 or l2")
     commitment_beta: float = opt(0.25, "weight of the commitment loss ||z - sg(zq)||^2")
@@ -173,6 +177,10 @@ class VQTrainConfig(LoopConfig):
             raise ValueError(f"recon_loss must be l1 or l2, got {self.recon_loss!r}")
         if min(self.commitment_beta, self.codebook_weight, self.perceptual_weight) < 0 or self.resolution < 8:
             raise ValueError("loss weights must be >= 0 and resolution >= 8")
+        if self.crop < 0 or self.crop > self.resolution:
+            raise ValueError(f"crop must be between 0 and resolution ({self.resolution}), got {self.crop}")
+        if self.autoencoder_steps < 0:
+            raise ValueError(f"autoencoder_steps must be >= 0, got {self.autoencoder_steps}")
 
 
 @dataclass

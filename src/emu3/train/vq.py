@@ -10,8 +10,10 @@ clip (decoded frame 0); `num_frames` > 1 trains on clips. Logged: the loss terms
 usage (share of codes hit in the step and since the run started) and perplexity. BatchNorm keeps
 the checkpoint's statistics unless `train_batchnorm`. With `restart_dead_codes`, codes that no latent
 picked for that many micro-batches are moved onto random latents of the batch (training from scratch
-collapses onto a few codes without it; the restarts are per process, so use them on one process). No
-adversarial term is implemented. The result
+collapses onto a few codes without it; the restarts are per process, so use them on one process). With
+`autoencoder_steps` N, steps before N train a plain autoencoder (the decoder sees the latents) and
+step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
+with `crop`, samples are random crops of the resolution square. No adversarial term is implemented. The result
 is saved in the official VQ folder layout.
 """
 
@@ -32,6 +34,7 @@ from emu3.config import vq_preset
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import VQTrainConfig
+from emu3.train.kmeans import kmeans
 from emu3.train.loop import StepCallback, fit
 from emu3.train.manifest import Record, RecordError, parse_record, read_lines
 from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
@@ -90,24 +93,41 @@ class VQLoss(nn.Module):
             weight[dead.to(weight.device)] = flat[pick].to(weight.dtype)
             self._idle[dead] = 0
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    @torch.no_grad()
+    def init_codebook(self, batches: list[torch.Tensor], seed: int) -> None:
+        """Set the codebook to k-means centres of the latents of `batches` (pixel tensors); with fewer
+        latents than codes, the codes left over sit on randomly chosen latents plus a little noise."""
+        flat = torch.cat([self.encode(b).permute(0, 1, 3, 4, 2).reshape(-1, self.vq.config.embed_dim)
+                          for b in batches])
+        weight = self.vq.quantize.embedding.weight
+        g = torch.Generator().manual_seed(seed)
+        centres = kmeans(flat, min(len(weight), len(flat)), generator=g)
+        if len(centres) < len(weight):  # fewer latents than codes: the rest sit on jittered latents
+            extra = flat[torch.randint(len(flat), (len(weight) - len(centres),), generator=g)].float()
+            centres = torch.cat([centres, extra + 1e-3 * extra.std() * torch.randn(extra.shape, generator=g)])
+        weight.copy_(centres.to(weight.device, weight.dtype))
+        self._idle.zero_()
+
+    def forward(self, pixels: torch.Tensor, quantize: bool = True
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """With `quantize` False the decoder sees the latents themselves (the autoencoder warm-up)."""
         z = self.encode(pixels)  # (B, t, E, h, w)
-        if self.training and self.cfg.restart_dead_codes:
+        if self.training and self.cfg.restart_dead_codes and quantize:
             self._restart_dead_codes(z)
         with torch.no_grad():
             codes = self.vq.quantize(z)  # (B, t, h, w)
-            if self.training:
+            if self.training and quantize:
                 hit = torch.bincount(codes.flatten().cpu(), minlength=len(self._idle)) > 0
                 self._idle = torch.where(hit, 0, self._idle + 1)
         zq = self.vq.quantize.lookup(codes).to(z.dtype)  # (B, t, E, h, w)
         dims = tuple(range(1, z.ndim))
         codebook = (zq - z.detach()).float().pow(2).mean(dims)  # (B,)
         commit = (z - zq.detach()).float().pow(2).mean(dims)  # (B,)
-        recon = self.decode(z + (zq - z).detach(), image=pixels.ndim == 4).float()
+        recon = self.decode(z + (zq - z).detach() if quantize else z, image=pixels.ndim == 4).float()
         diff = recon - pixels.float()
         pix_dims = tuple(range(1, diff.ndim))
         pixel = diff.abs().mean(pix_dims) if self.cfg.recon_loss == "l1" else diff.pow(2).mean(pix_dims)  # (B,)
-        loss = pixel + self.cfg.codebook_weight * codebook + self.cfg.commitment_beta * commit
+        loss = pixel + (self.cfg.codebook_weight * codebook + self.cfg.commitment_beta * commit if quantize else 0)
         if self._lpips is not None:
             frames, target = recon.reshape(-1, *recon.shape[-3:]), pixels.float().reshape(-1, *pixels.shape[-3:])
             lp = self._lpips.to(recon.device)(frames, target).reshape(pixels.shape[0], -1).mean(1)  # (B,)
@@ -123,9 +143,9 @@ class Media:
     """Training samples (crops of images or clips) read from manifest records."""
 
     def __init__(self, records: list[Record], processor: ImageProcessor, resolution: int, num_frames: int,
-                 seed: int) -> None:
+                 seed: int, crop: int = 0) -> None:
         self.records, self.processor, self.resolution = records, processor, resolution
-        self.num_frames, self.seed = num_frames, seed
+        self.num_frames, self.seed, self.crop = num_frames, seed, crop or resolution
 
     def _frames(self, record: Record) -> list[Image.Image]:
         if record.image is not None:
@@ -134,17 +154,17 @@ class Media:
 
     def _crop(self, image: Image.Image, rng: np.random.Generator,
               box: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
-        """Resize the short side to the resolution, then cut a square at `box` (drawn when None)."""
-        r = self.resolution
+        """Resize the short side to the resolution, then cut a `crop` square at `box` (drawn when None)."""
+        r, c = self.resolution, self.crop
         scale = r / min(image.width, image.height)
         image = image.convert("RGB").resize((max(r, round(image.width * scale)), max(r, round(image.height * scale))),
                                             Image.Resampling.BICUBIC)
         if box is None:
-            box = (int(rng.integers(0, image.width - r + 1)), int(rng.integers(0, image.height - r + 1)))
-        return image.crop((box[0], box[1], box[0] + r, box[1] + r)), box
+            box = (int(rng.integers(0, image.width - c + 1)), int(rng.integers(0, image.height - c + 1)))
+        return image.crop((box[0], box[1], box[0] + c, box[1] + c)), box
 
     def pixels(self, index: int, step: int) -> torch.Tensor:
-        """(3, R, R) for images (num_frames 1), (T, 3, R, R) for clips; values in [-1, 1]."""
+        """(3, C, C) for images (num_frames 1), (T, 3, C, C) for clips (C: the crop side); values in [-1, 1]."""
         record = self.records[index]
         rng = np.random.default_rng([self.seed, step, index])
         try:
@@ -176,13 +196,27 @@ class VQTask:
         self.module, self.media, self.plan, self.cfg, self.device = module, media, plan, cfg, device
         self.codebook_size = codebook_size
         self.seen = torch.zeros(codebook_size, dtype=torch.bool)
+        self._codebook_set_at = -1  # the step whose k-means initialisation has run
+
+    def _pixels(self, indices, step: int) -> torch.Tensor:
+        return torch.stack([self.media.pixels(int(i), step) for i in indices]).to(self.device)
+
+    def _init_codebook(self, step: int) -> None:
+        """k-means over latents of up to 1024 samples (the same ones on every process: seeded by the run)."""
+        order = np.random.default_rng([self.cfg.seed, 7]).permutation(len(self.media.records))[:1024]
+        size = self.cfg.micro_batch_size
+        batches = [self._pixels(order[i:i + size], step) for i in range(0, len(order), size)]
+        self.module.init_codebook(batches, self.cfg.seed)
+        self._codebook_set_at = step
 
     def normalizer(self, step: int) -> float:
         return float(self.plan.layout.global_batch)
 
     def micro_loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pixels = torch.stack([self.media.pixels(i, batch.step) for i in batch.indices]).to(self.device)
-        loss, stats, codes = self.module(pixels)
+        warmup = self.cfg.autoencoder_steps
+        if warmup and batch.step == warmup and self._codebook_set_at != warmup:
+            self._init_codebook(batch.step)
+        loss, stats, codes = self.module(self._pixels(batch.indices, batch.step), quantize=batch.step >= warmup)
         hist = torch.bincount(codes.flatten(), minlength=self.codebook_size).double()
         return loss, {**stats, "samples": torch.tensor(float(len(batch.indices))),
                       "tokens": torch.tensor(float(codes.numel())), "hist": hist}
@@ -201,7 +235,8 @@ class VQTask:
     def fingerprint(self) -> dict[str, Any]:
         return {"data": str(Path(self.cfg.data).resolve()), "records": len(self.media.records),
                 "global_batch": self.plan.layout.global_batch, "seed": self.cfg.seed,
-                "resolution": self.cfg.resolution, "num_frames": self.cfg.num_frames}
+                "resolution": self.cfg.resolution, "crop": self.cfg.crop, "num_frames": self.cfg.num_frames,
+                "autoencoder_steps": self.cfg.autoencoder_steps}
 
 
 def _check_header(path: Path) -> None:
@@ -266,14 +301,17 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
     try:
         vq, processor = build_tokenizer(cfg)
         f = vq.spatial_factor
-        if cfg.resolution % f:
-            raise ValueError(f"resolution {cfg.resolution} must be a multiple of the spatial factor {f}")
+        for name in ("resolution", "crop"):
+            if getattr(cfg, name) % f:
+                raise ValueError(f"{name} {getattr(cfg, name)} must be a multiple of the spatial factor {f}")
+        if cfg.autoencoder_steps and info.world_size > 1:
+            raise ValueError("autoencoder_steps (the k-means codebook initialisation) runs on one process only")
         records, skipped = read_media(cfg.data)
         module = distributed.shard(VQLoss(vq, cfg), [], info)
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
         plan = Plan(np.ones(len(records), dtype=np.int64), [np.arange(len(records))], [1.0], layout, seed=cfg.seed,
                     bucket_window=0, drop_prob=0.0)
-        task = VQTask(module, Media(records, processor, cfg.resolution, cfg.num_frames, cfg.seed), plan, cfg,
+        task = VQTask(module, Media(records, processor, cfg.resolution, cfg.num_frames, cfg.seed, cfg.crop), plan, cfg,
                       vq.config.codebook_size, info.device)
         torch.manual_seed(cfg.seed + info.rank)
         result = fit(cfg, task, info, on_step)

@@ -7,8 +7,13 @@
   claims that hold (`claims`), and the fraction per claim category.
 * `eval_questions(n, seed, split, image_size)` / `score_answers(items, answers)`: rendered
   ground-truth scenes with one question each, and answer accuracy overall and per question kind.
-* `evaluate_shapes(generate, answer, ...)`: both, for a model given as two plain functions
-  (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`); either may be None.
+* `eval_videos(n, seed, split)` / `score_videos(items, continuations)`: held-out 8-frame clips
+  at 64x64, every second frame kept (4 frames, the training layout of the bundled model); the first
+  `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
+  centres (mean over clips of found, direction accuracy and position error).
+* `evaluate_shapes(generate, answer, continue_video, ...)`: all three, for a model given as plain
+  functions (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`,
+  `continue_video(caption, context_frames, seed) -> frames`); any may be None.
   Returns a `ShapesReport`; `report.to_dict()` is the table as JSON-ready data and
   `format_report(report)` the same table as text.
 
@@ -18,6 +23,7 @@ parses no command line.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -34,11 +40,16 @@ from emu3.datasets.shapes.render import DEFAULT_IMAGE_SIZE, render
 from emu3.datasets.shapes.sampling import sample_captioned_scene
 from emu3.datasets.shapes.scene import Scene
 from emu3.datasets.shapes.split import check_split
+from emu3.datasets.shapes.video import render_video, sample_video
 from emu3.eval.shapes.analyze import analyze
+from emu3.eval.shapes.motion import compare_motion
 from emu3.eval.shapes.vqa import answer_matches
 
 DEFAULT_PROMPTS = 200
 DEFAULT_QUESTIONS = 200
+DEFAULT_VIDEOS = 20
+VIDEO_FRAMES, VIDEO_STRIDE, VIDEO_CONTEXT, VIDEO_SIZE = 8, 2, 2, 64  # 8 frames rendered, 4 kept, 2 given
+VIDEO_KEPT = VIDEO_FRAMES // VIDEO_STRIDE
 
 
 @dataclass(frozen=True)
@@ -79,12 +90,37 @@ class AnswerScores:
 
 
 @dataclass(frozen=True)
+class VideoItem:
+    caption: str
+    frames: tuple[Image.Image, ...]  # the kept frames; the first VIDEO_CONTEXT are the context
+    tracks: dict[tuple[str, str], Any]  # (color, shape) -> true centres (len(frames), 2)
+
+    @property
+    def context(self) -> list[Image.Image]:
+        return list(self.frames[:VIDEO_CONTEXT])
+
+    @property
+    def target_tracks(self) -> dict[tuple[str, str], Any]:
+        return {key: track[VIDEO_CONTEXT:] for key, track in self.tracks.items()}
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    n_videos: int
+    n_continued: int  # frames continued per clip
+    found: float  # means over clips of the MotionScore fields; None where no clip defines one
+    direction_accuracy: float | None
+    position_error: float | None  # in fractions of the picture side
+
+
+@dataclass(frozen=True)
 class ShapesReport:
     split: str
     seed: int
     image_size: int
     images: ImageScores | None
     answers: AnswerScores | None
+    videos: VideoScores | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,22 +195,61 @@ def score_answers(items: Sequence[QuestionItem], answers: Sequence[str]) -> Answ
                         kind_counts={k: len(right[k]) for k in QUESTION_KINDS if right[k]})
 
 
+def eval_videos(n: int = DEFAULT_VIDEOS, seed: int = 0, split: str = "heldout") -> list[VideoItem]:
+    """`n` captioned clips of the split, 4 kept frames each; the same for the same arguments."""
+    check_split(split)
+    rng = _rng("videos", seed, split)
+    items = []
+    for _ in range(n):
+        video = sample_video(rng, VIDEO_FRAMES, split=split)
+        keep = slice(None, None, VIDEO_STRIDE)
+        items.append(VideoItem(video.caption(), tuple(render_video(video, VIDEO_SIZE)[keep]),
+                               {key: track[keep] for key, track in video.tracks().items()}))
+    return items
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) -> VideoScores:
+    """Motion scores of each clip's continued frames (one sequence of frames per item)."""
+    if len(items) != len(continuations):
+        raise ValueError(f"{len(items)} videos but {len(continuations)} continuations")
+    if not items:
+        raise ValueError("no videos to score")
+    scores = [compare_motion(list(frames), item.target_tracks) for item, frames in zip(items, continuations)]
+    return VideoScores(n_videos=len(items), n_continued=len(items[0].frames) - VIDEO_CONTEXT,
+                       found=_mean([s.found for s in scores]),
+                       direction_accuracy=_mean([s.direction_accuracy for s in scores]),
+                       position_error=_mean([s.position_error for s in scores]))
+
+
 def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
-                    answer: Callable[[Image.Image, str], str] | None = None, *,
-                    n_prompts: int = DEFAULT_PROMPTS, n_questions: int = DEFAULT_QUESTIONS, seed: int = 0,
+                    answer: Callable[[Image.Image, str], str] | None = None,
+                    continue_video: Callable[[str, list[Image.Image], int], Sequence] | None = None, *,
+                    n_prompts: int = DEFAULT_PROMPTS, n_questions: int = DEFAULT_QUESTIONS,
+                    n_videos: int = DEFAULT_VIDEOS, seed: int = 0,
                     split: str = "heldout", image_size: int = DEFAULT_IMAGE_SIZE) -> ShapesReport:
     """Run ShapesEval on a model given as functions. `generate(prompt, seed)` returns a picture
-    for prompt i with seed `seed + i`; `answer(image, question)` returns a short answer."""
-    if generate is None and answer is None:
-        raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions) or both")
-    images = answers = None
+    for prompt i with seed `seed + i`; `answer(image, question)` returns a short answer;
+    `continue_video(caption, context_frames, seed)` returns the continued frames of clip i
+    (seed `seed + i`)."""
+    if generate is None and answer is None and continue_video is None:
+        raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions), "
+                         "continue_video (video) or several")
+    images = answers = videos = None
     if generate is not None:
         prompts = eval_prompts(n_prompts, seed, split)
         images = score_images(prompts, [generate(p.text, seed + i) for i, p in enumerate(prompts)])
     if answer is not None:
         items = eval_questions(n_questions, seed, split, image_size)
         answers = score_answers(items, [answer(item.image, item.question) for item in items])
-    return ShapesReport(split, seed, image_size, images, answers)
+    if continue_video is not None:
+        clips = eval_videos(n_videos, seed, split)
+        videos = score_videos(clips, [continue_video(c.caption, c.context, seed + i) for i, c in enumerate(clips)])
+    return ShapesReport(split, seed, image_size, images, answers, videos)
 
 
 def format_report(report: ShapesReport) -> str:
@@ -192,4 +267,14 @@ def format_report(report: ShapesReport) -> str:
         lines += ["", f"{'questions':<16}{'accuracy':>8}{'n':>7}   {size}",
                   f"{'overall':<16}{a.accuracy:>8.3f}{a.n_questions:>7}"]
         lines += [f"  {k:<14}{v:>8.3f}{a.kind_counts[k]:>7}" for k, v in a.kinds.items()]
+    if report.videos is not None:
+        v = report.videos
+
+        def cell(x: float | None) -> str:
+            return f"{'n/a' if x is None else format(x, '.3f'):>8}"
+
+        lines += ["", f"{'video':<16}{'score':>8}{'n':>7}   ({VIDEO_CONTEXT} frames given, {v.n_continued} continued)",
+                  f"{'found':<16}{cell(v.found)}{v.n_videos:>7}",
+                  f"{'direction':<16}{cell(v.direction_accuracy)}{v.n_videos:>7}",
+                  f"{'position error':<16}{cell(v.position_error)}{v.n_videos:>7}"]
     return "\n".join(lines)

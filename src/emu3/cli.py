@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
 
+    from emu3.pipelines.video_cli import add_parser as add_video_parser
+
+    add_video_parser(sub)
+
     from emu3.train.cli import add_parsers as add_train_parsers
 
     add_train_parsers(sub)

@@ -1,8 +1,9 @@
 """`emu3 eval shapes`: the ShapesEval table of an Emu3 model (held-out prompts and questions, fixed seed).
 
 Text-to-image prompts are generated with the model's default prompts (`default_prompts`) and guidance,
-pictures are scored against the prompt's claims, and questions about ground-truth pictures are
-answered greedily. This module parses
+pictures are scored against the prompt's claims, questions about ground-truth pictures are
+answered greedily, and held-out clips are continued (`generate_video`: 2 frames given with the
+caption, 2 generated) and scored by their motion. This module parses
 arguments and runs the model; the scoring lives in `emu3.eval.shapes`.
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 import argparse
 
 from emu3.eval.shapes import ShapesReport, evaluate_shapes, format_report
+from emu3.eval.shapes.benchmark import VIDEO_CONTEXT, VIDEO_KEPT
 
 
-def evaluate_model(m, *, n_prompts: int, n_questions: int, seed: int = 0, cfg: float = 3.0,
+def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, seed: int = 0, cfg: float = 3.0,
                    split: str = "heldout") -> ShapesReport:
-    """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts or 0 questions skips that part."""
+    """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part."""
     from emu3.pipelines.text_to_image import default_prompts, text_to_image
     from emu3.pipelines.understanding import answer
+    from emu3.pipelines.video import generate_video
 
     positive, negative = default_prompts(m)
 
@@ -27,8 +30,14 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, seed: int = 0, cfg: f
     def reply(image, question: str) -> str:
         return answer(m, [image], question, max_new_tokens=16).text
 
+    def continue_video(caption: str, context, s: int):
+        frames = generate_video(m, caption, context_frames=context, num_frames=VIDEO_KEPT - VIDEO_CONTEXT, cfg=cfg,
+                                seed=s).frames
+        return frames[len(context):]
+
     return evaluate_shapes(generate=generate if n_prompts else None, answer=reply if n_questions else None,
-                           n_prompts=max(n_prompts, 1), n_questions=max(n_questions, 1), seed=seed, split=split)
+                           continue_video=continue_video if n_videos else None, n_prompts=max(n_prompts, 1),
+                           n_questions=max(n_questions, 1), n_videos=max(n_videos, 1), seed=seed, split=split)
 
 
 def add_parser(sub) -> None:
@@ -40,6 +49,7 @@ def add_parser(sub) -> None:
     shapes.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     shapes.add_argument("--prompts", type=int, default=100, help="text-to-image prompts (0: skip)")
     shapes.add_argument("--questions", type=int, default=200, help="questions (0: skip)")
+    shapes.add_argument("--videos", type=int, default=20, help="clips to continue (0: skip)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
     shapes.add_argument("--split", default="heldout", help="heldout (default) or train compositions")
@@ -52,11 +62,11 @@ def cmd_eval_shapes(args: argparse.Namespace) -> dict:
     from emu3.cli import resolve_device
     from emu3.pipelines import Emu3
 
-    if args.prompts < 0 or args.questions < 0 or not (args.prompts or args.questions):
-        raise ValueError("--prompts and --questions must be >= 0, and not both 0")
+    if min(args.prompts, args.questions, args.videos) < 0 or not (args.prompts or args.questions or args.videos):
+        raise ValueError("--prompts, --questions and --videos must be >= 0, and not all 0")
     m = Emu3.load(model_or_bundled(args.model), args.vision_tokenizer, device=resolve_device(args.device))
-    report = evaluate_model(m, n_prompts=args.prompts, n_questions=args.questions, seed=args.seed, cfg=args.cfg,
-                            split=args.split)
+    report = evaluate_model(m, n_prompts=args.prompts, n_questions=args.questions, n_videos=args.videos,
+                            seed=args.seed, cfg=args.cfg, split=args.split)
     if not args.json:
         print(format_report(report))
     return report.to_dict()

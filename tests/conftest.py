@@ -19,6 +19,29 @@ def small_vocab():
     return Vocab(pad=0, eol=40, eof=41, bos=42, eos=43, img=44, boi=45, eoi=46, visual_base=47, codebook_size=16)
 
 
+def save_compact_model(folder: Path, compact, emu3_fixture: Path, *, std: float = 0.02, side: int = 32) -> Path:
+    """A tiny random compact-vocabulary LM (`folder/model`, image area side*side) beside a tiny random
+    vision tokenizer with 16 codes (`folder/vision-tokenizer`, fixed to side x side pictures)."""
+    import torch
+
+    from emu3 import checkpoint
+    from emu3.config import lm_preset, vq_preset
+    from emu3.model import Transformer
+    from emu3.train.export import save_vision_tokenizer
+    from emu3.vision import ImageProcessor, VisionTokenizer
+
+    v = compact.vocab
+    lm = Transformer(lm_preset("tiny", vocab_size=v.size, pad_token_id=v.pad, image_area=side * side))
+    lm.init_weights(std, torch.Generator().manual_seed(0))
+    checkpoint.save_lm(lm, folder / "model")
+    compact.save(folder / "model", emu3_fixture / "Emu3-tiny" / "emu3.tiktoken")
+    torch.manual_seed(0)
+    vq = VisionTokenizer(vq_preset("tiny", codebook_size=16))
+    save_vision_tokenizer(vq.state_dict(), vq.config, ImageProcessor(min_pixels=side * side, max_pixels=side * side),
+                          folder / "vision-tokenizer")
+    return folder / "model"
+
+
 @pytest.fixture(scope="session")
 def rand_lm():
     """A tiny random LM over `small_vocab()`, with weights wide enough to make decisions non-trivial."""

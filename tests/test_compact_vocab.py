@@ -8,6 +8,7 @@ import torch
 from emu3.compact_vocab import CONTROLS, CompactTokenizer, load_tokenizer
 from emu3.prompting import generation_prompt, parse_image
 from emu3.tokenizer import Tokenizer, TokenizerError
+from tests.conftest import save_compact_model
 
 CORPUS = ["a red circle above a blue square", "what color is the circle?", "two green triangles"]
 
@@ -92,24 +93,11 @@ def test_generation_prompt_in_compact_ids(compact):
 
 
 def test_a_compact_model_generates_an_image(compact, emu3_fixture, tmp_path):
-    from emu3 import checkpoint
-    from emu3.config import lm_preset, vq_preset
-    from emu3.model import Transformer
     from emu3.pipelines import Emu3
     from emu3.pipelines.text_to_image import text_to_image
-    from emu3.train.export import save_vision_tokenizer
-    from emu3.vision import ImageProcessor, VisionTokenizer
 
     v = compact.vocab
-    lm = Transformer(lm_preset("tiny", vocab_size=v.size, pad_token_id=v.pad, image_area=32 * 32))
-    lm.init_weights(0.02, torch.Generator().manual_seed(0))
-    checkpoint.save_lm(lm, tmp_path / "model")
-    compact.save(tmp_path / "model", emu3_fixture / "Emu3-tiny" / "emu3.tiktoken")
-    torch.manual_seed(0)
-    vq = VisionTokenizer(vq_preset("tiny", codebook_size=16))
-    save_vision_tokenizer(vq.state_dict(), vq.config, ImageProcessor(min_pixels=32 * 32, max_pixels=32 * 32),
-                          tmp_path / "vision-tokenizer")
-    m = Emu3.load(tmp_path / "model")
+    m = Emu3.load(save_compact_model(tmp_path, compact, emu3_fixture))
     assert m.vocab == v
     result = text_to_image(m, CORPUS[0], seed=0, positive_prompt="", negative_prompt="")
     assert result.images[0].size == (32, 32) and result.grid == (4, 4)
@@ -117,6 +105,6 @@ def test_a_compact_model_generates_an_image(compact, emu3_fixture, tmp_path):
     from emu3.cli import main
 
     assert main(["eval", "shapes", "--model", str(tmp_path / "model"), "--prompts", "1", "--questions", "1",
-                 "--device", "cpu", "--json"]) == 0
+                 "--videos", "1", "--device", "cpu", "--json"]) == 0
     assert main(["generate", CORPUS[0], "--model", str(tmp_path / "model"), "-o", str(tmp_path / "a.png"),
                  "--quiet"]) == 0

@@ -125,6 +125,27 @@ def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Pa
     return out / "export"
 
 
+def stage_decoder(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    """Fine-tune the tokenizer's decoder alone on whole pictures: the codes (and the LM's data) do not change."""
+    out = work / "vq-decoder" / "export" / "vision-tokenizer"
+    if not out.is_dir():
+        emu3("train-vq", "--data", str(manifest), "--vision-tokenizer", str(vq_dir), "--decoder-only",
+             "--resolution", "64", "--recon-loss", "l2", "--micro-batch-size", "8", "--max-steps", str(a.decoder_steps),
+             "--lr", "1e-3", "--min-lr", "1e-4", "--betas", "0.9", "0.99", "--warmup-steps", "30", "--save-every", "500",
+             "--log-every", "20", "--device", a.device, "-o", str(work / "vq-decoder"), "--quiet")
+    return out
+
+
+def stage_bundle(work: Path, lm_export: Path, vq_dir: Path) -> Path:
+    """The shippable pair: the trained LM beside the decoder-tuned vision tokenizer."""
+    bundle = work / "bundle"
+    if not (bundle / "model" / "config.json").is_file():
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.copytree(lm_export / "model", bundle / "model")
+        shutil.copytree(vq_dir, bundle / "vision-tokenizer")
+    return bundle
+
+
 def stage_eval(export: Path, a: argparse.Namespace) -> dict:
     from PIL import Image
 
@@ -160,6 +181,7 @@ def main() -> None:
     p.add_argument("--vq-steps", type=int, default=3500)
     p.add_argument("--vq-batch", type=int, default=16, help="32x32 crops per VQ step")
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
+    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--lm-steps", type=int, default=3000)
     p.add_argument("--lm-batch", type=int, default=16)
@@ -172,7 +194,8 @@ def main() -> None:
     manifest = stage_data(a.work, a)
     vq_dir = stage_vq(a.work, manifest, a)
     base = stage_base(a.work, manifest, vq_dir, a)
-    export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a)
+    lm_export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a)
+    export = stage_bundle(a.work, lm_export, stage_decoder(a.work, manifest, vq_dir, a))
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)
     (a.work / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

@@ -163,3 +163,17 @@ def test_bad_crop_and_warmup_flags(tmp_path, capsys, manifest, flags, message):
             "--resolution", "32", "--max-steps", "1", "--quiet", *flags]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_decoder_only_keeps_encoder_and_codebook(manifest, tmp_path, emu3_fixture, capsys):
+    folder = emu3_fixture / "Emu3-VisionTokenizer-tiny"
+    argv = ["train-vq", "--vision-tokenizer", str(folder), "--decoder-only", "--data", str(manifest),
+            "-o", str(tmp_path / "run"), "--resolution", "16", "--max-steps", "2", "--lr", "1e-2", "--quiet", "--json"]
+    assert main(argv) == 0
+    before, _ = load_vision_tokenizer(folder)
+    after, _ = load_vision_tokenizer(json.loads(capsys.readouterr().out)["export"])
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert main(argv[:3] + ["--init", *argv[3:]]) == 2

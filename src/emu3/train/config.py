@@ -142,6 +142,8 @@ class VQTrainConfig(LoopConfig):
     resolution: int = opt(256, "square training crop size in pixels (a multiple of the spatial factor)")
     crop: int = opt(0, "train on random square crops of this side cut from the --resolution square (cheaper "
                        "steps; the tokenizer is convolutional), a multiple of the spatial factor (0: no crop)")
+    decoder_only: bool = opt(False, "train only post_quant_conv and the decoder: the encoder and codebook stay as "
+                                    "loaded, so codes already computed with the tokenizer stay valid")
     autoencoder_steps: int = opt(0, "train the first N steps as a plain autoencoder (no quantization), then set "
                                     "the codebook by k-means on latents of the data (training from scratch)")
     num_frames: int = opt(1, "frames per sample: 1 (images) or a multiple of 4 (video clips)")
@@ -179,6 +181,9 @@ class VQTrainConfig(LoopConfig):
             raise ValueError("loss weights must be >= 0 and resolution >= 8")
         if self.crop < 0 or self.crop > self.resolution:
             raise ValueError(f"crop must be between 0 and resolution ({self.resolution}), got {self.crop}")
+        if self.decoder_only and (self.init or self.autoencoder_steps or self.restart_dead_codes):
+            raise ValueError("decoder_only keeps the loaded encoder and codebook: it excludes --init, "
+                             "autoencoder_steps and restart_dead_codes")
         if self.autoencoder_steps < 0:
             raise ValueError(f"autoencoder_steps must be >= 0, got {self.autoencoder_steps}")
 

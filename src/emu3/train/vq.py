@@ -13,7 +13,8 @@ picked for that many micro-batches are moved onto random latents of the batch (t
 collapses onto a few codes without it; the restarts are per process, so use them on one process). With
 `autoencoder_steps` N, steps before N train a plain autoencoder (the decoder sees the latents) and
 step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
-with `crop`, samples are random crops of the resolution square. No adversarial term is implemented. The result
+with `crop`, samples are random crops of the resolution square. `decoder_only` trains the decoder side
+alone, so the codes of data already tokenized (and a language model trained on them) stay valid. No adversarial term is implemented. The result
 is saved in the official VQ folder layout.
 """
 
@@ -306,6 +307,9 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
                 raise ValueError(f"{name} {getattr(cfg, name)} must be a multiple of the spatial factor {f}")
         if cfg.autoencoder_steps and info.world_size > 1:
             raise ValueError("autoencoder_steps (the k-means codebook initialisation) runs on one process only")
+        if cfg.decoder_only:
+            for part in (vq.encoder, vq.quant_conv, vq.quantize):
+                part.requires_grad_(False)
         records, skipped = read_media(cfg.data)
         module = distributed.shard(VQLoss(vq, cfg), [], info)
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)

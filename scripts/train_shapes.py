@@ -3,20 +3,23 @@
     python scripts/train_shapes.py --work runs/shapes [--device cuda] [--install]
 
 Stages (each is skipped when its output exists, so an interrupted run resumes):
-  1. data        `emu3.datasets.shapes.write_dataset`: captioned images + images with questions (64x64)
-  2. vq          `emu3 train-vq --preset shapes --init` (8x8 grids of 512 codes)
+  1. data        `emu3.datasets.shapes.write_dataset`: captioned images, images with questions and
+                 captioned 8-frame clips of moving objects (64x64)
+  2. vq          `emu3 train-vq --preset shapes --init` on 32x32 crops: a plain-autoencoder warm-up, then a
+                 k-means codebook (8x8 grids of 1024 codes)
   3. base        a compact vocabulary (the 256 byte tokens + the corpus's BPE ranks + controls + codes)
                  and an untrained LM folder (`small` shapes, its vocabulary) that the next stages start from
-  4. prepare     `emu3 prepare` of the manifest with that tokenizer and vision tokenizer
-  5. train       `emu3 train --model base --init` (text-to-image + VQA, from scratch), exported in bf16
-  6. eval        vision-tokenizer PSNR on held-out pictures and ShapesEval (held-out compositions)
-With `--install`, the export is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
+  4. prepare     `emu3 prepare` of the manifest with that tokenizer and vision tokenizer (clips as frames
+                 0, 2, 4, 6, one image block each)
+  5. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), exported in bf16
+  6. decoder     `emu3 train-vq --decoder-only` on whole pictures: sharper pictures from the same codes
+                 (independent of stage 5, so the two can run side by side)
+  7. bundle      the LM beside the tuned tokenizer; eval: tokenizer PSNR on held-out pictures, ShapesEval
+With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The default step counts are what fitted a 2-core CPU in an hour (figures in benchmarks/RESULTS.md):
-far too few. The VQ was still improving at 1000 steps of 8 images (about 15 dB) and the LM at 900
-steps; a usable model wants tens of thousands of steps of each, i.e. a GPU
-(`--device cuda --vq-steps 20000 --vq-batch 32 --lm-steps 20000 --lm-batch 64`, not yet measured).
+The defaults are what fits a 2-core CPU in about two hours (figures in benchmarks/RESULTS.md); on a
+GPU, raise the step counts (`--device cuda --vq-steps 20000 --lm-steps 20000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Pa
     if not (out / "export" / "model" / "config.json").is_file():
         emu3("train", "--model", str(base), "--init", "--data", str(data), "-o", str(out),
              "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--lr", "2e-3", "--min-lr", "1e-4",
-             "--warmup-steps", "100", "--null-prompt-prob", "0.1", "--save-every", "1000", "--log-every", "50",
+             "--warmup-steps", "100", "--null-prompt-prob", "0.1", "--save-every", "200", "--log-every", "10",
              "--export-dtype", "bf16", "--device", a.device, "--quiet")
     return out / "export"
 
@@ -164,7 +167,8 @@ def stage_eval(export: Path, a: argparse.Namespace) -> dict:
         mse = float((((np.asarray(recon, np.float64) - np.asarray(image, np.float64)) / 255) ** 2).mean())
         psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
     start = time.perf_counter()
-    report = evaluate_model(m, n_prompts=a.eval_prompts, n_questions=a.eval_questions, seed=0, cfg=a.cfg)
+    report = evaluate_model(m, n_prompts=a.eval_prompts, n_questions=a.eval_questions, n_videos=a.eval_videos,
+                            seed=0, cfg=a.cfg)
     print(format_report(report), flush=True)
     return {"psnr": sum(psnrs) / len(psnrs), "eval_seconds": time.perf_counter() - start, **report.to_dict()}
 
@@ -183,11 +187,12 @@ def main() -> None:
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--lm-steps", type=int, default=3000)
+    p.add_argument("--lm-steps", type=int, default=2200)
     p.add_argument("--lm-batch", type=int, default=16)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
+    p.add_argument("--eval-videos", type=int, default=20)
     p.add_argument("--install", action="store_true", help="copy the export into the package's assets")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,8 @@ def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Pa
     out = work / "lm"
     if not (out / "export" / "model" / "config.json").is_file():
         emu3("train", "--model", str(base), "--init", "--data", str(data), "-o", str(out),
-             "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--lr", "2e-3", "--min-lr", "1e-4",
+             "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
+             "--lr", "2e-3", "--min-lr", "1e-4",
              "--warmup-steps", "100", "--null-prompt-prob", "0.1", "--save-every", "200", "--log-every", "10",
              "--export-dtype", "bf16", "--device", a.device, "--quiet")
     return out / "export"
@@ -187,7 +188,7 @@ def main() -> None:
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--lm-steps", type=int, default=2200)
+    p.add_argument("--lm-steps", type=int, default=4000)
     p.add_argument("--lm-batch", type=int, default=16)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,27 +149,17 @@ def stage_bundle(work: Path, lm_export: Path, vq_dir: Path) -> Path:
 
 
 def stage_eval(export: Path, a: argparse.Namespace) -> dict:
-    from PIL import Image
 
-    from emu3.datasets.shapes import write_dataset
     from emu3.eval.cli import evaluate_model
     from emu3.eval.shapes import format_report
     from emu3.pipelines import Emu3
 
     m = Emu3.load(export / "model", device=a.device)
-    # the vision tokenizer's PSNR on held-out pictures
-    held = write_dataset(export.parent / "psnr", n_images=64, seed=a.seed + 1, split="heldout", overwrite=True)
-    psnrs = []
-    for line in held.read_text(encoding="utf-8").splitlines():
-        image = Image.open(held.parent / json.loads(line)["image"]).convert("RGB")
-        recon = m.decode_codes(m.encode_image(image)[None])[0].resize(image.size)
-        mse = float((((np.asarray(recon, np.float64) - np.asarray(image, np.float64)) / 255) ** 2).mean())
-        psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
     start = time.perf_counter()
     report = evaluate_model(m, n_prompts=a.eval_prompts, n_questions=a.eval_questions, n_videos=a.eval_videos,
                             seed=0, cfg=a.cfg)
     print(format_report(report), flush=True)
-    return {"psnr": sum(psnrs) / len(psnrs), "eval_seconds": time.perf_counter() - start, **report.to_dict()}
+    return {"eval_seconds": time.perf_counter() - start, **report.to_dict()}
 
 
 def main() -> None:

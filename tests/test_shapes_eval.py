@@ -156,3 +156,16 @@ def test_readme_shapes_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     assert Image.open(tmp_path / "truth.png").size == (64, 64)
     assert "overall            1.000" in capsys.readouterr().out
+
+
+def test_tokenizer_round_trip_scores_identity_perfectly_and_blur_lower():
+    from emu3.eval.shapes import psnr
+
+    exact = evaluate_shapes(reconstruct=lambda image: image.copy(), n_prompts=20)
+    assert exact.tokenizer.round_trip == 1.0 and exact.tokenizer.psnr == 100.0 and exact.images is None
+    blurred = evaluate_shapes(reconstruct=lambda image: image.filter(ImageFilter.GaussianBlur(3)), n_prompts=20)
+    assert 10 < blurred.tokenizer.psnr < 30 and blurred.tokenizer.round_trip < exact.tokenizer.round_trip
+    assert "round trip" in format_report(blurred)
+    image = render(scene_for(parse_caption("a red circle"), 0))
+    noisy = Image.fromarray((np.asarray(image, np.float64) - 12.75).astype(np.uint8))  # palette values are >= 15
+    assert abs(psnr(image, noisy) - 20 * math.log10(255 / 12.75)) < 0.5  # a uniform shift of 5% of full scale

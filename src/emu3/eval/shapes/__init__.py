@@ -12,17 +12,18 @@ lives in `emu3.datasets.shapes`. Nothing here imports torch or runs a model.
 """
 
 from emu3.eval.shapes.analyze import Analysis, Detected, analyze, fit_shape, palette_labels
-from emu3.eval.shapes.benchmark import (AnswerScores, ImageScores, Prompt, QuestionItem, ShapesReport, VideoItem,
-                                        VideoScores, eval_prompts, eval_questions, eval_videos, evaluate_shapes,
-                                        format_report, score_answers, score_images, score_videos)
+from emu3.eval.shapes.benchmark import (AnswerScores, ImageScores, Prompt, QuestionItem, ShapesReport, TokenizerScores,
+                                        VideoItem, VideoScores, eval_prompts, eval_questions, eval_videos,
+                                        evaluate_shapes, format_report, psnr, score_answers, score_images,
+                                        score_reconstructions, score_videos)
 from emu3.eval.shapes.motion import MotionScore, compare_motion, track_objects
 from emu3.eval.shapes.vqa import answer_matches, normalize_answer, vqa_accuracy
 
 __all__ = [
     "Analysis", "Detected", "analyze", "fit_shape", "palette_labels",
-    "AnswerScores", "ImageScores", "Prompt", "QuestionItem", "ShapesReport", "VideoItem", "VideoScores",
-    "eval_prompts", "eval_questions", "eval_videos", "evaluate_shapes", "format_report", "score_answers",
-    "score_images", "score_videos",
+    "AnswerScores", "ImageScores", "Prompt", "QuestionItem", "ShapesReport", "TokenizerScores", "VideoItem",
+    "VideoScores", "eval_prompts", "eval_questions", "eval_videos", "evaluate_shapes", "format_report", "psnr",
+    "score_answers", "score_images", "score_reconstructions", "score_videos",
     "MotionScore", "compare_motion", "track_objects",
     "answer_matches", "normalize_answer", "vqa_accuracy",
 ]

@@ -11,9 +11,13 @@
   at 64x64, every second frame kept (4 frames, the training layout of the bundled model); the first
   `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
   centres (mean over clips of found, direction accuracy and position error).
-* `evaluate_shapes(generate, answer, continue_video, ...)`: all three, for a model given as plain
-  functions (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`,
-  `continue_video(caption, context_frames, seed) -> frames`); any may be None.
+* `score_reconstructions(prompts, pictures)`: the vision tokenizer on the prompts' ground-truth
+  pictures: mean PSNR, and the text-to-image score of the reconstructions (the round trip), which
+  bounds what any language model drawing through that tokenizer can reach.
+* `evaluate_shapes(generate, answer, continue_video, reconstruct, ...)`: all four, for a model given
+  as plain functions (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`,
+  `continue_video(caption, context_frames, seed) -> frames`, `reconstruct(image) -> image`); any
+  may be None.
   Returns a `ShapesReport`; `report.to_dict()` is the table as JSON-ready data and
   `format_report(report)` the same table as text.
 
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import math
 import random
+
+import numpy as np
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -114,6 +120,14 @@ class VideoScores:
 
 
 @dataclass(frozen=True)
+class TokenizerScores:
+    n_pictures: int
+    psnr: float  # mean over pictures, dB
+    round_trip: float  # text-to-image `overall` of the reconstructed ground-truth pictures
+    round_trip_claims: float  # fraction of their claims that hold
+
+
+@dataclass(frozen=True)
 class ShapesReport:
     split: str
     seed: int
@@ -121,6 +135,7 @@ class ShapesReport:
     images: ImageScores | None
     answers: AnswerScores | None
     videos: VideoScores | None = None
+    tokenizer: TokenizerScores | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,20 +241,40 @@ def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) 
                        position_error=_mean([s.position_error for s in scores]))
 
 
+def psnr(reference: Image.Image, picture: Image.Image) -> float:
+    """Peak signal-to-noise ratio of `picture` against `reference` (same size), in dB, on 0..255 pixels."""
+    a = np.asarray(reference.convert("RGB"), np.float64)
+    b = np.asarray(picture.convert("RGB").resize(reference.size), np.float64)
+    mse = float(((a - b) ** 2).mean()) / 255**2
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+def score_reconstructions(prompts: Sequence[Prompt], pictures: Sequence[Image.Image],
+                          image_size: int = DEFAULT_IMAGE_SIZE) -> TokenizerScores:
+    """PSNR and round-trip score of `pictures`, the tokenizer's reconstructions of the prompts' scenes."""
+    truth = [render(p.scene, image_size) for p in prompts]
+    if len(truth) != len(pictures):
+        raise ValueError(f"{len(truth)} prompts but {len(pictures)} reconstructions")
+    scores = score_images(prompts, pictures)
+    return TokenizerScores(len(truth), sum(map(psnr, truth, pictures)) / len(truth), scores.overall, scores.claims)
+
+
 def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
                     answer: Callable[[Image.Image, str], str] | None = None,
-                    continue_video: Callable[[str, list[Image.Image], int], Sequence] | None = None, *,
+                    continue_video: Callable[[str, list[Image.Image], int], Sequence] | None = None,
+                    reconstruct: Callable[[Image.Image], Image.Image] | None = None, *,
                     n_prompts: int = DEFAULT_PROMPTS, n_questions: int = DEFAULT_QUESTIONS,
                     n_videos: int = DEFAULT_VIDEOS, seed: int = 0,
                     split: str = "heldout", image_size: int = DEFAULT_IMAGE_SIZE) -> ShapesReport:
     """Run ShapesEval on a model given as functions. `generate(prompt, seed)` returns a picture
     for prompt i with seed `seed + i`; `answer(image, question)` returns a short answer;
     `continue_video(caption, context_frames, seed)` returns the continued frames of clip i
-    (seed `seed + i`)."""
-    if generate is None and answer is None and continue_video is None:
+    (seed `seed + i`); `reconstruct(image)` passes a picture through the vision tokenizer (scored on
+    the ground-truth pictures of the text-to-image prompts)."""
+    if generate is None and answer is None and continue_video is None and reconstruct is None:
         raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions), "
-                         "continue_video (video) or several")
-    images = answers = videos = None
+                         "continue_video (video), reconstruct (tokenizer) or several")
+    images = answers = videos = tokenizer = None
     if generate is not None:
         prompts = eval_prompts(n_prompts, seed, split)
         images = score_images(prompts, [generate(p.text, seed + i) for i, p in enumerate(prompts)])
@@ -249,7 +284,11 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
     if continue_video is not None:
         clips = eval_videos(n_videos, seed, split)
         videos = score_videos(clips, [continue_video(c.caption, c.context, seed + i) for i, c in enumerate(clips)])
-    return ShapesReport(split, seed, image_size, images, answers, videos)
+    if reconstruct is not None:
+        prompts = eval_prompts(n_prompts, seed, split)
+        tokenizer = score_reconstructions(prompts, [reconstruct(render(p.scene, image_size)) for p in prompts],
+                                          image_size)
+    return ShapesReport(split, seed, image_size, images, answers, videos, tokenizer)
 
 
 def format_report(report: ShapesReport) -> str:
@@ -277,4 +316,10 @@ def format_report(report: ShapesReport) -> str:
                   f"{'found':<16}{cell(v.found)}{v.n_videos:>7}",
                   f"{'direction':<16}{cell(v.direction_accuracy)}{v.n_videos:>7}",
                   f"{'position error':<16}{cell(v.position_error)}{v.n_videos:>7}"]
+    if report.tokenizer is not None:
+        t = report.tokenizer
+        lines += ["", f"{'vision tokenizer':<16}{'score':>8}{'n':>7}   (ground-truth pictures of the prompts)",
+                  f"{'PSNR (dB)':<16}{t.psnr:>8.2f}{t.n_pictures:>7}",
+                  f"{'round trip':<16}{t.round_trip:>8.3f}{t.n_pictures:>7}",
+                  f"{'  its claims':<16}{t.round_trip_claims:>8.3f}{t.n_pictures:>7}"]
     return "\n".join(lines)

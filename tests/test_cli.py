@@ -86,7 +86,6 @@ def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
      "--speculative"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--image", "{tmp}/missing.png"], "missing.png"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--dtype", "int3"], "unknown dtype"),
-    (["reconstruct", "{fixture}/input.png", "-o", "{tmp}/r.png"], "--vision-tokenizer"),
     (["reconstruct", "{tmp}/corrupt.png", "--vision-tokenizer", "{fixture}/Emu3-VisionTokenizer-tiny",
       "-o", "{tmp}/r.png"], "corrupt.png"),
 ])

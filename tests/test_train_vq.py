@@ -149,7 +149,7 @@ def test_codebook_initialisation_puts_codes_on_latents(emu3_fixture):
     codebook = vq.quantize.embedding.weight.detach()
     # fewer latents (24) than codes: every latent becomes a code exactly, the other codes sit beside latents
     assert torch.cdist(latents, codebook).min(1).values.max() < 1e-3  # cdist rounds near 0
-    assert torch.cdist(codebook, latents).min(1).values.max() < 1e-2 * float(latents.std())
+    assert torch.cdist(codebook, latents).min(1).values.max() < 1e-2 * float(latents.detach().std())
     assert len(torch.unique(codebook, dim=0)) == len(codebook)
 
 

@@ -1,0 +1,65 @@
+"""The bundled Shapes model: shipped as package data within 25 MB, used when --model is not given, and
+good at its world (text to image scored by ShapesEval's analyzer, questions answered)."""
+
+import json
+import tomllib
+from pathlib import Path
+
+from PIL import Image
+
+from emu3 import bundled
+from emu3.cli import main
+from emu3.datasets.shapes import COLORS, parse_caption
+from emu3.eval.shapes import analyze
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bundled_files_are_package_data_within_25_mb():
+    files = [p for p in bundled.BUNDLED_DIR.rglob("*") if p.is_file()]
+    assert {p.parent.name for p in files} == {"model", "vision-tokenizer"}
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["emu3"]
+    assert all(any(p.relative_to(bundled.BUNDLED_DIR.parents[1]).match(g) for g in globs) for p in files)
+
+
+def test_generate_then_chat_without_model(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(["generate", "a red circle above a blue square", "-o", str(out), "--seed", "0", "--quiet",
+                 "--json"]) == 0
+    assert Image.open(out).size == (64, 64)
+    capsys.readouterr()
+    assert main(["chat", "--image", str(out), "what color is the circle?", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].strip() in COLORS
+
+
+def test_bundled_model_follows_the_prompt(tmp_path):
+    """Seeded pictures of prompts seen in training hold more of their own prompt's claims than of the others'."""
+    from emu3.pipelines import Emu3, text_to_image
+
+    m = Emu3.load(bundled.MODEL_DIR)
+    prompts = ["a red circle", "a large blue square", "a yellow triangle on a black background",
+               "a green circle on a white background", "a white square", "a purple triangle on an orange background"]
+    claims = [parse_caption(p).claims() for p in prompts]
+    views = [analyze(text_to_image(m, p, seed=i, positive_prompt="", negative_prompt="").images[0])
+             for i, p in enumerate(prompts)]
+    holds = [[sum(c.holds(view) for c in cs) / len(cs) for cs in claims] for view in views]
+    own = sum(holds[i][i] for i in range(len(prompts))) / len(prompts)
+    others = sum(holds[i][j] for i in range(len(prompts)) for j in range(len(prompts)) if i != j) / (len(prompts) * (len(prompts) - 1))
+    assert own >= others + 0.2, (own, others)
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bundled, "MODEL_DIR", tmp_path / "nothing")
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "x.png"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bundled Shapes model is missing" in err and "--model" in err
+
+
+def test_reconstruct_defaults_to_the_bundled_tokenizer(tmp_path, capsys):
+    from emu3.datasets.shapes import render, scene_for
+
+    render(scene_for(parse_caption("a blue square on a yellow background"), 0)).save(tmp_path / "in.png")
+    assert main(["reconstruct", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["codes_shape"] == [8, 8] and out["psnr"] > 18

@@ -169,3 +169,11 @@ def test_tokenizer_round_trip_scores_identity_perfectly_and_blur_lower():
     image = render(scene_for(parse_caption("a red circle"), 0))
     noisy = Image.fromarray((np.asarray(image, np.float64) - 12.75).astype(np.uint8))  # palette values are >= 15
     assert abs(psnr(image, noisy) - 20 * math.log10(255 / 12.75)) < 0.5  # a uniform shift of 5% of full scale
+
+
+def test_ground_truth_continuations_score_full_direction_accuracy():
+    from emu3.eval.shapes import eval_videos, score_videos
+
+    items = eval_videos(40, seed=1)
+    scores = score_videos(items, [item.frames[2:] for item in items])
+    assert scores.found == 1.0 and scores.direction_accuracy == 1.0 and scores.position_error < 0.01

@@ -7,8 +7,8 @@ of a clip, against the reference centres of the same frames, e.g. `Video.tracks(
 truth sliced to the continued frames, or `track_objects` of ground-truth frames:
 
 * `found`: fraction of (object, frame) pairs where the object is seen;
-* `direction_accuracy`: fraction of the reference's moving steps (frame t to t+1) that the
-  generated object takes in the same direction (cosine similarity at least `SAME_DIRECTION`;
+* `direction_accuracy`: fraction of the reference's moving steps (frame t to t+1, at least
+  `MIN_STEP` long) that the generated object takes in the same direction (cosine similarity at least `SAME_DIRECTION`;
   a step where the object is not seen counts as wrong);
 * `position_error`: mean distance between generated and reference centres over the pairs where
   the object is seen, in fractions of the picture side (NaN if it is never seen).
@@ -27,6 +27,9 @@ import numpy as np
 from emu3.eval.shapes.analyze import analyze
 
 SAME_DIRECTION = 0.7  # cosine similarity: within about 45 degrees
+# Reference steps shorter than this (fractions of the side; about a pixel at 64x64) have no direction
+# the analyzer can measure, e.g. a bounce that lands near where it started; they are not scored.
+MIN_STEP = 0.02
 _STILL = 1e-6
 
 
@@ -70,7 +73,7 @@ def compare_motion(frames: Sequence, reference: Mapping[tuple[str, str], np.ndar
         errors += np.hypot(*(gen[seen] - ref[seen]).T).tolist()
         ref_steps, gen_steps = np.diff(ref, axis=0), np.diff(gen, axis=0)  # (T-1, 2)
         for r, g in zip(ref_steps, gen_steps):
-            if np.hypot(*r) < _STILL:
+            if np.hypot(*r) < MIN_STEP:
                 continue
             steps_total += 1
             norm = np.hypot(*r) * np.hypot(*g)

@@ -20,6 +20,12 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
     return uncond + scale * (cond - uncond)
 
 
+def image_token_count(h, w):
+    """Tokens generated for an h x w image after `<|image token|>`, eos included: `[v * w, eol] * h, eof,
+    eoi, eos`. Works on ints and on (B,) tensors alike."""
+    return h * (w + 1) + 3
+
+
 class ImageGrid:
     """Forces the layout `[v * w, eol] * h, eof, eoi, eos` of an h x w image, then padding.
 
@@ -32,8 +38,8 @@ class ImageGrid:
         self.h, self.w, self.vocab = heights, widths, vocab
 
     def num_tokens(self) -> torch.Tensor:
-        """Tokens generated per image, eos included: h * (w + 1) + 3, as (B,)."""
-        return self.h * (self.w + 1) + 3
+        """Tokens generated per image, eos included (`image_token_count`), as (B,)."""
+        return image_token_count(self.h, self.w)
 
     def forced(self, offset: torch.Tensor) -> torch.Tensor:
         """The forced token id per row, or -1 where a visual token is free to choose, as (B,)."""

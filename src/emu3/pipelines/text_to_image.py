@@ -16,6 +16,7 @@ from PIL import Image
 
 from emu3.compact_vocab import CompactTokenizer
 from emu3.generation import SamplingConfig
+from emu3.generation.constraints import image_token_count
 from emu3.generation.engine import StepFn, generate_images
 from emu3.generation.loop import Progress
 from emu3.generation.memory import check_fits, plan_generation
@@ -74,7 +75,7 @@ def text_to_image(
     base = secrets.randbelow(2**31) if seed is None else seed
     seeds = [base + i for i in range(len(prompts))]
     device = lm.lm_head.weight.device
-    plan = plan_generation(lm.config, dtype=lm.lm_head.weight.dtype, batch=len(ids), new_tokens=h * (w + 1) + 3,
+    plan = plan_generation(lm.config, dtype=lm.lm_head.weight.dtype, batch=len(ids), new_tokens=image_token_count(h, w),
                            prompt_len=max(len(p) for p in ids + [negative]), guidance=cfg != 1.0,
                            draft_len=draft_len, codebook_size=m.vocab.codebook_size,
                            materialized_attention=device.type == "cpu")

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from emu3.generation import SamplingConfig
+from emu3.generation.constraints import image_token_count
 from emu3.generation.engine import generate_images
 from emu3.generation.loop import Progress
 from emu3.generation.memory import check_fits, plan_generation
@@ -102,7 +103,8 @@ def generate_video(
     h, w = frame_size(m, ratio, context, image_area)
     header = image_header(tok, h, w, m.vocab)
     caption = prompt + positive_prompt
-    block_len = len(header) + h * (w + 1) + 2
+    per_frame = image_token_count(h, w)  # generated per frame: its block after the header, then eos
+    block_len = len(header) + per_frame - 1  # a frame's block in the sequence (no eos)
     total_frames = len(context) + num_frames
     text_len = len(video_prefix(tok, caption, [], m.vocab)) + 1  # + the engine's closing eos
     needed = text_len + total_frames * block_len
@@ -111,7 +113,7 @@ def generate_video(
         raise ValueError(f"{total_frames} frames of {h}x{w} codes need {needed} tokens, more than the model's "
                          f"context length of {limit} (at most {(limit - text_len) // block_len} frames)")
     device = lm.lm_head.weight.device
-    check_fits(plan_generation(lm.config, dtype=lm.lm_head.weight.dtype, batch=1, new_tokens=h * (w + 1) + 3,
+    check_fits(plan_generation(lm.config, dtype=lm.lm_head.weight.dtype, batch=1, new_tokens=per_frame,
                                prompt_len=needed - 1 - block_len + len(header), guidance=cfg != 1.0,
                                codebook_size=m.vocab.codebook_size, materialized_attention=device.type == "cpu"),
                device)
@@ -119,7 +121,6 @@ def generate_video(
     grids = encode_frames(m, context, (h, w))
     base = secrets.randbelow(2**31) if seed is None else seed
     seeds = [base + i for i in range(num_frames)]
-    per_frame = h * (w + 1) + 3
     for i, frame_seed in enumerate(seeds):
         ids = video_prefix(tok, caption, grids, m.vocab) + header
         negative = video_prefix(tok, negative_prompt, grids, m.vocab) + header

@@ -13,6 +13,7 @@ import time
 from fastapi import APIRouter, Request
 
 from emu3.generation import SamplingConfig
+from emu3.generation.constraints import image_token_count
 from emu3.prompting import generation_prompt, grid_for_ratio
 from emu3.serve import relay
 from emu3.serve.errors import APIError
@@ -63,8 +64,8 @@ def _spec(body: ImageRequest, worker: Worker) -> ImageSpec:
         grid = grid_for_ratio(ratio, m.image_area, m.vq.spatial_factor)
     except ValueError as err:
         raise APIError(400, f"'{param}': {err}", param=param, code="unsupported_ratio") from None
-    # text_to_image generates h*(w+1)+3 tokens after the longer of the prompt and the negative prompt.
-    image_tokens, context = grid[0] * (grid[1] + 1) + 3, m.lm.config.max_position_embeddings
+    # text_to_image generates the image's tokens after the longer of the prompt and the negative prompt.
+    image_tokens, context = image_token_count(*grid), m.lm.config.max_position_embeddings
     texts = (("prompt", body.prompt, body.positive_prompt), ("negative_prompt", body.negative_prompt, ""))
     for name, text, suffix in texts:
         needed = len(generation_prompt(m.tokenizer, text, grid, positive_prompt=suffix)) + image_tokens

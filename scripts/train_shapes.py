@@ -149,7 +149,6 @@ def stage_bundle(work: Path, lm_export: Path, vq_dir: Path) -> Path:
 
 
 def stage_eval(export: Path, a: argparse.Namespace) -> dict:
-
     from emu3.eval.cli import evaluate_model
     from emu3.eval.shapes import format_report
     from emu3.pipelines import Emu3

@@ -19,6 +19,7 @@ from emu3.eval.shapes.benchmark import VIDEO_CONTEXT, VIDEO_KEPT
 def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, seed: int = 0, cfg: float = 3.0,
                    split: str = "heldout") -> ShapesReport:
     """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part."""
+    from emu3.pipelines.reconstruct import reconstruct
     from emu3.pipelines.text_to_image import default_prompts, text_to_image
     from emu3.pipelines.understanding import answer
     from emu3.pipelines.video import generate_video
@@ -36,12 +37,12 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
                                 seed=s).frames
         return frames[len(context):]
 
-    def reconstruct(image):
-        return m.decode_codes(m.encode_image(image)[None])[0]
+    def round_trip(image):
+        return reconstruct(m.vq, m.processor, [image]).frames[0]
 
     return evaluate_shapes(generate=generate if n_prompts else None, answer=reply if n_questions else None,
                            continue_video=continue_video if n_videos else None,
-                           reconstruct=reconstruct if n_prompts else None, n_prompts=max(n_prompts, 1),
+                           reconstruct=round_trip if n_prompts else None, n_prompts=max(n_prompts, 1),
                            n_questions=max(n_questions, 1), n_videos=max(n_videos, 1), seed=seed, split=split)
 
 

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import math
 import random
-
-import numpy as np
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from emu3.datasets.shapes.captions import caption_text
@@ -275,8 +274,8 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
         raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions), "
                          "continue_video (video), reconstruct (tokenizer) or several")
     images = answers = videos = tokenizer = None
+    prompts = eval_prompts(n_prompts, seed, split) if generate is not None or reconstruct is not None else []
     if generate is not None:
-        prompts = eval_prompts(n_prompts, seed, split)
         images = score_images(prompts, [generate(p.text, seed + i) for i, p in enumerate(prompts)])
     if answer is not None:
         items = eval_questions(n_questions, seed, split, image_size)
@@ -285,7 +284,6 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
         clips = eval_videos(n_videos, seed, split)
         videos = score_videos(clips, [continue_video(c.caption, c.context, seed + i) for i, c in enumerate(clips)])
     if reconstruct is not None:
-        prompts = eval_prompts(n_prompts, seed, split)
         tokenizer = score_reconstructions(prompts, [reconstruct(render(p.scene, image_size)) for p in prompts],
                                           image_size)
     return ShapesReport(split, seed, image_size, images, answers, videos, tokenizer)

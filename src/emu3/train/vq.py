@@ -13,9 +13,9 @@ picked for that many micro-batches are moved onto random latents of the batch (t
 collapses onto a few codes without it; the restarts are per process, so use them on one process). With
 `autoencoder_steps` N, steps before N train a plain autoencoder (the decoder sees the latents) and
 step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
-with `crop`, samples are random crops of the resolution square. `decoder_only` trains the decoder side
-alone, so the codes of data already tokenized (and a language model trained on them) stay valid. No adversarial term is implemented. The result
-is saved in the official VQ folder layout.
+with `crop`, samples are random crops of the resolution square. `decoder_only` trains the decoder
+side alone, so the codes of data already tokenized (and a language model trained on them) stay
+valid. No adversarial term is implemented. The result is saved in the official VQ folder layout.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ from emu3.train.kmeans import kmeans
 from emu3.train.loop import StepCallback, fit
 from emu3.train.manifest import Record, RecordError, parse_record, read_lines
 from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
+
+
+def _flat_latents(z: torch.Tensor) -> torch.Tensor:
+    """(B, t, E, h, w) latents -> (B * t * h * w, E), one row per latent vector."""
+    return z.permute(0, 1, 3, 4, 2).reshape(-1, z.shape[2])
 
 
 class VQLoss(nn.Module):
@@ -88,7 +93,7 @@ class VQLoss(nn.Module):
         """Codes idle for `restart_dead_codes` micro-batches are moved onto random latents of this batch."""
         dead = (self._idle >= self.cfg.restart_dead_codes).nonzero().flatten()
         if len(dead):
-            flat = z.detach().permute(0, 1, 3, 4, 2).reshape(-1, z.shape[2]).float()  # (N, E)
+            flat = _flat_latents(z.detach()).float()
             pick = torch.randint(len(flat), (len(dead),), device=flat.device)
             weight = self.vq.quantize.embedding.weight
             weight[dead.to(weight.device)] = flat[pick].to(weight.dtype)
@@ -98,8 +103,7 @@ class VQLoss(nn.Module):
     def init_codebook(self, batches: list[torch.Tensor], seed: int) -> None:
         """Set the codebook to k-means centres of the latents of `batches` (pixel tensors); with fewer
         latents than codes, the codes left over sit on randomly chosen latents plus a little noise."""
-        flat = torch.cat([self.encode(b).permute(0, 1, 3, 4, 2).reshape(-1, self.vq.config.embed_dim)
-                          for b in batches])
+        flat = torch.cat([_flat_latents(self.encode(b)) for b in batches])
         weight = self.vq.quantize.embedding.weight
         g = torch.Generator().manual_seed(seed)
         centres = kmeans(flat, min(len(weight), len(flat)), generator=g)

@@ -1,5 +1,5 @@
 """The bundled Shapes model: shipped as package data within 25 MB, used when --model is not given, and
-good at its world (text to image scored by ShapesEval's analyzer, questions answered)."""
+following its prompts (pictures scored by ShapesEval's analyzer; questions answered with a color)."""
 
 import json
 import tomllib

@@ -11,10 +11,17 @@ Stages (each is skipped when its output exists, so an interrupted run resumes):
                  and an untrained LM folder (`small` shapes, its vocabulary) that the next stages start from
   4. prepare     `emu3 prepare` of the manifest with that tokenizer and vision tokenizer (clips as frames
                  0, 2, 4, 6, one image block each)
-  5. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), exported in bf16
+  5. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch)
   6. decoder     `emu3 train-vq --decoder-only` on whole pictures: sharper pictures from the same codes
                  (independent of stage 5, so the two can run side by side)
-  7. bundle      the LM beside the tuned tokenizer; eval: tokenizer PSNR on held-out pictures, ShapesEval
+  7. merge       `emu3 merge-codes` on the tuned tokenizer: the codes of flat patches of one color encode
+                 as one canonical code (emu3.train.code_merge), which removes most of the tokenizer noise
+                 the LM had to model
+  8. re-prepare  stage 4 again with the merged tokenizer
+  9. retrain     `emu3 train` continuing from stage 5's LM on the canonical codes, exported in bf16
+ 10. redecode    stage 6 again from the merged tokenizer: the decoder learns the canonical codes
+                 (independent of stage 9)
+ 11. bundle      the LM beside that tokenizer; eval: tokenizer PSNR on held-out pictures, ShapesEval
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
@@ -108,33 +115,44 @@ def stage_base(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) 
     return base
 
 
-def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
-    out = work / "prepared"
+def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argparse.Namespace,
+                  name: str = "prepared") -> Path:
+    out = work / name
     if not (out / "summary.json").is_file():
         emu3("prepare", str(manifest), "-o", str(out), "--model", str(base), "--vision-tokenizer", str(vq_dir),
              "--video-mode", "frames", "--frame-stride", "2", "--max-frames", "4", "--device", a.device, "--quiet")
     return out
 
 
-def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Path:
-    out = work / "lm"
+def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace, *, name: str, steps: int, lr: str,
+                init: bool) -> Path:
+    """Train the LM of folder `base` on `data`: from scratch with `init`, else on from its weights."""
+    out = work / name
     if not (out / "export" / "model" / "config.json").is_file():
-        emu3("train", "--model", str(base), "--init", "--data", str(data), "-o", str(out),
-             "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
-             "--lr", "2e-3", "--min-lr", "1e-4",
+        emu3("train", "--model", str(base), *(["--init"] if init else []), "--data", str(data), "-o", str(out),
+             "--max-steps", str(steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
+             "--lr", lr, "--min-lr", "1e-4",
              "--warmup-steps", "100", "--null-prompt-prob", "0.1", "--save-every", "200", "--log-every", "10",
              "--export-dtype", "bf16", "--device", a.device, "--quiet")
     return out / "export"
 
 
-def stage_decoder(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+def stage_decoder(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace, *, name: str, steps: int) -> Path:
     """Fine-tune the tokenizer's decoder alone on whole pictures: the codes (and the LM's data) do not change."""
-    out = work / "vq-decoder" / "export" / "vision-tokenizer"
+    out = work / name / "export" / "vision-tokenizer"
     if not out.is_dir():
         emu3("train-vq", "--data", str(manifest), "--vision-tokenizer", str(vq_dir), "--decoder-only",
-             "--resolution", "64", "--recon-loss", "l2", "--micro-batch-size", "8", "--max-steps", str(a.decoder_steps),
+             "--resolution", "64", "--recon-loss", "l2", "--micro-batch-size", "8", "--max-steps", str(steps),
              "--lr", "1e-3", "--min-lr", "1e-4", "--betas", "0.9", "0.99", "--warmup-steps", "30", "--save-every", "500",
-             "--log-every", "20", "--device", a.device, "-o", str(work / "vq-decoder"), "--quiet")
+             "--log-every", "20", "--device", a.device, "-o", str(work / name), "--quiet")
+    return out
+
+
+def stage_merge(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    out = work / "vq-merged"
+    if not (out / "config.json").is_file():
+        emu3("merge-codes", "--vision-tokenizer", str(vq_dir), "--data", str(manifest), "-o", str(out),
+             "--tol", str(a.merge_tol), "--device", a.device)
     return out
 
 
@@ -174,6 +192,9 @@ def main() -> None:
     p.add_argument("--vq-batch", type=int, default=16, help="32x32 crops per VQ step")
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
+    p.add_argument("--redecoder-steps", type=int, default=1500, help="the same after the code merge")
+    p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
+    p.add_argument("--retrain-steps", type=int, default=6000, help="LM steps on the merged codes")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--lm-steps", type=int, default=4000)
     p.add_argument("--lm-batch", type=int, default=16)
@@ -187,8 +208,15 @@ def main() -> None:
     manifest = stage_data(a.work, a)
     vq_dir = stage_vq(a.work, manifest, a)
     base = stage_base(a.work, manifest, vq_dir, a)
-    lm_export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a)
-    export = stage_bundle(a.work, lm_export, stage_decoder(a.work, manifest, vq_dir, a))
+    lm_export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a, name="lm",
+                            steps=a.lm_steps, lr="2e-3", init=True)
+    tuned = stage_decoder(a.work, manifest, vq_dir, a, name="vq-decoder", steps=a.decoder_steps)
+    merged = stage_merge(a.work, manifest, tuned, a)
+    data = stage_prepare(a.work, manifest, base, merged, a, "prepared-merged")
+    lm_export = stage_train(a.work, lm_export / "model", data, a, name="lm-merged", steps=a.retrain_steps, lr="1e-3",
+                            init=False)
+    export = stage_bundle(a.work, lm_export, stage_decoder(a.work, manifest, merged, a, name="vq-merged-decoder",
+                                                           steps=a.redecoder_steps))
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)
     (a.work / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

@@ -33,6 +33,8 @@ CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 PREPROCESSOR = "preprocessor_config.json"
+CODE_ALIASES = "code_aliases.json"  # ours, optional: codes of a vision tokenizer that encode as one (code_merge)
+CODE_ALIASES_FORMAT = "emu3-code-aliases/1"
 VQ_MODEL_TYPE = "Emu3VisionVQ"
 IBQ_CONFIG = "config.yaml"
 IBQ_WEIGHTS = "model.ckpt"
@@ -245,9 +247,44 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
     with torch.device("meta"):
         model = VisionTokenizer(cfg)
     assign_state_dict(model, tensors, str(folder), dtype, device)
+    model.quantize.set_aliases(read_code_aliases(folder, cfg.codebook_size))
     processor_file = folder / PREPROCESSOR
     processor = ImageProcessor.from_file(processor_file) if processor_file.is_file() else ImageProcessor()
     return model.eval(), processor
+
+
+def read_code_aliases(folder: Path, codebook_size: int) -> torch.Tensor | None:
+    """The (K,) code -> canonical code table of `folder`'s `code_aliases.json`, or None without one.
+
+    The file lists groups, each a canonical code followed by the codes that encode as it."""
+    path = folder / CODE_ALIASES
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        groups = data["groups"]
+        if data.get("format") != CODE_ALIASES_FORMAT or not all(isinstance(g, list) and g for g in groups):
+            raise ValueError(f"expected format {CODE_ALIASES_FORMAT} with non-empty groups")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a code alias table ({exc})") from None
+    table = torch.arange(codebook_size)
+    seen: set[int] = set()
+    for group in groups:
+        if not all(isinstance(c, int) and 0 <= c < codebook_size for c in group) or seen & set(group):
+            raise CheckpointError(f"{path}: group {group[:8]} has codes outside [0, {codebook_size}) or "
+                                  "codes of another group")
+        seen |= set(group)
+        table[group] = group[0]
+    return table
+
+
+def code_alias_groups(table: torch.Tensor) -> list[list[int]]:
+    """The groups (canonical code first) of a code -> canonical code table, for `code_aliases.json`."""
+    groups: dict[int, list[int]] = {}
+    for code, canonical in enumerate(table.tolist()):
+        if code != canonical:
+            groups.setdefault(canonical, [canonical]).append(code)
+    return list(groups.values())
 
 
 def is_ibq_folder(folder: Path) -> bool:

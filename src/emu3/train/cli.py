@@ -1,4 +1,4 @@
-"""Argument parsing for `emu3 prepare`, `emu3 train`, `emu3 train-vq` and `emu3 export`.
+"""Argument parsing for `emu3 prepare`, `emu3 train`, `emu3 train-vq`, `emu3 merge-codes` and `emu3 export`.
 
 Flags are generated from the config dataclasses (`--micro-batch-size` for `micro_batch_size`, with
 each field's help), so a recipe file and the command line name settings the same way. Only flags
@@ -93,6 +93,26 @@ def cmd_train_vq(args: argparse.Namespace) -> dict[str, Any]:
                                    f"saved to {summary.get('export')}"])
 
 
+def cmd_merge_codes(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from emu3 import checkpoint
+    from emu3.cli import resolve_device
+    from emu3.train import export
+    from emu3.train.code_merge import merge_uniform_codes
+
+    vq, processor = checkpoint.load_vision_tokenizer(args.vision_tokenizer, device=resolve_device(args.device))
+    report = merge_uniform_codes(vq, processor, args.data, tol=args.tol, color_tol=args.color_tol,
+                                  samples=args.samples, seed=args.seed)
+    out = export.save_vision_tokenizer(vq.state_dict(), vq.config, processor, Path(args.output),
+                                       vq.quantize.aliases())
+    return _report(args, {"export": str(out), **dataclasses.asdict(report)}, [
+        f"{report.merged_codes} codes of uniform patches now encode as one of {report.groups} canonical codes; "
+        f"{report.canonical_share:.1%} of the sample's uniform patches ({report.uniform_patches:.1%} of all) get "
+        f"a canonical code; distinct codes in the sample {report.codes_before} -> {report.codes_after}; "
+        f"saved to {out}"])
+
+
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
@@ -124,6 +144,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         _add_fields(p, cls, positional)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(run=run)
+    p = sub.add_parser("merge-codes", help="make flat areas of one color tokenize to one code",
+                       description="Alias the codes of uniform patches of a trained vision tokenizer (see "
+                                   "emu3.train.code_merge): flat areas of one color then encode to one canonical "
+                                   "code. Weights are untouched; tokenize data again afterwards.")
+    p.add_argument("--vision-tokenizer", required=True, help="the trained vision-tokenizer folder")
+    p.add_argument("--data", required=True, help="JSONL manifest of pictures to measure the codes on")
+    p.add_argument("-o", "--output", required=True, help="folder for the tokenizer with its code aliases")
+    p.add_argument("--tol", type=float, default=0.04,
+                   help="uniform: mean deviation from the patch's mean color under this, [0, 1] scale (default: 0.04)")
+    p.add_argument("--color-tol", type=float, default=0.1,
+                   help="uniform codes whose colors differ by less than this on every channel merge (default: 0.1)")
+    p.add_argument("--samples", type=int, default=1024, help="pictures to measure on (default: 1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(run=cmd_merge_codes)
     p = sub.add_parser("export", help="export a training checkpoint as a model folder that generate/chat load",
                        description="Write the model of a checkpoint (or of a run's latest one) in the official "
                                    "layout. Paths saved in the checkpoint's settings are read as they were given "

@@ -83,8 +83,9 @@ def processor_config(processor: ImageProcessor) -> dict:
 
 
 def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, processor: ImageProcessor,
-                          folder: Path) -> Path:
-    """Write a vision tokenizer in the official layout (loadable by `checkpoint.load_vision_tokenizer`)."""
+                          folder: Path, aliases: torch.Tensor | None = None) -> Path:
+    """Write a vision tokenizer in the official layout (loadable by `checkpoint.load_vision_tokenizer`),
+    with `code_aliases.json` when `aliases` (a code -> canonical code table) is given."""
     config = {"model_type": checkpoint.VQ_MODEL_TYPE, "architectures": ["Emu3VisionVQModel"], "double_z": False,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
     tensors = {k: v.detach().float().contiguous() if v.is_floating_point() else v.detach().contiguous()
@@ -94,4 +95,8 @@ def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, process
         (tmp / checkpoint.CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / checkpoint.PREPROCESSOR).write_text(json.dumps(processor_config(processor), indent=2) + "\n",
                                                    encoding="utf-8")
+        if aliases is not None:
+            groups = checkpoint.code_alias_groups(aliases)
+            (tmp / checkpoint.CODE_ALIASES).write_text(
+                json.dumps({"format": checkpoint.CODE_ALIASES_FORMAT, "groups": groups}) + "\n", encoding="utf-8")
     return folder

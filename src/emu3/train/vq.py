@@ -15,7 +15,7 @@ collapses onto a few codes without it; the restarts are per process, so use them
 step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
 with `crop`, samples are random crops of the resolution square. `decoder_only` trains the decoder
 side alone, so the codes of data already tokenized (and a language model trained on them) stay
-valid. No adversarial term is implemented. The result is saved in the official VQ folder layout.
+valid; it keeps the tokenizer's code aliases (`emu3 merge-codes`), which other training drops. No adversarial term is implemented. The result is saved in the official VQ folder layout.
 """
 
 from __future__ import annotations
@@ -71,13 +71,7 @@ class VQLoss(nn.Module):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images or (B, T, 3, H, W) clips -> pre-quantization latents (B, t, E, h, w)."""
-        vq = self.vq
-        if pixels.ndim == 4:  # an image is a static clip of 4 identical frames, as in VisionTokenizer.encode
-            h = vq.encoder.spatial(pixels).unsqueeze(1).expand(-1, vq.temporal_factor, -1, -1, -1)
-            h = vq.encoder.temporal(h)
-        else:
-            h = vq.encoder(pixels)
-        return vq.quant_conv(h.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
+        return self.vq.latents(pixels)
 
     def decode(self, zq: torch.Tensor, image: bool) -> torch.Tensor:
         """Codebook vectors (B, t, E, h, w) -> (B, 3, H, W) frame 0 for images, (B, 4t, 3, H, W) for clips."""
@@ -285,13 +279,15 @@ def build_tokenizer(cfg: VQTrainConfig) -> tuple[VisionTokenizer, ImageProcessor
     if cfg.init:
         torch.manual_seed(cfg.seed)
         vq = VisionTokenizer(vq.config)
+    elif not cfg.decoder_only:  # code aliases describe the loaded encoder and codebook, which will change
+        vq.quantize.set_aliases(None)
     return vq, processor
 
 
 def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: ImageProcessor, dest: Path) -> Path:
     """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`."""
     state = {k[len("vq."):]: v for k, v in state.items() if k.startswith("vq.")}
-    return export.save_vision_tokenizer(state, vq.config, processor, dest)
+    return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases())
 
 
 def export_checkpoint(folder: Path, dest: Path, cfg: VQTrainConfig) -> Path:

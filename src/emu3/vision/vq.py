@@ -185,11 +185,30 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Codebook of `codebook_size` vectors; encode = nearest code under squared L2, decode = lookup."""
+    """Codebook of `codebook_size` vectors; encode = nearest code under squared L2, decode = lookup.
+
+    Optional code aliases (`set_aliases`) map codes that decode alike onto one canonical code, which
+    encoding then returns instead (see `emu3.train.code_merge`); official tokenizers have none."""
 
     def __init__(self, codebook_size: int, embed_dim: int):
         super().__init__()
         self.embedding = nn.Embedding(codebook_size, embed_dim)
+        # code -> the code that encoding returns; not in the state dict (the official weights lack it)
+        self.register_buffer("canonical", torch.arange(codebook_size), persistent=False)
+
+    def set_aliases(self, canonical: torch.Tensor | None) -> None:
+        """Install a (K,) code -> canonical code table; None restores the identity."""
+        size = self.embedding.num_embeddings
+        table = torch.arange(size) if canonical is None else torch.as_tensor(canonical, dtype=torch.long)
+        if table.shape != (size,) or int(table.min()) < 0 or int(table.max()) >= size:
+            raise ValueError(f"a code alias table needs {size} codes in [0, {size}), got shape {tuple(table.shape)}")
+        device = self.embedding.weight.device
+        self.canonical = table.to("cpu" if device.type == "meta" else device)
+
+    def aliases(self) -> torch.Tensor | None:
+        """The code -> canonical code table, or None when every code is its own."""
+        identity = torch.arange(len(self.canonical), device=self.canonical.device)
+        return None if torch.equal(self.canonical, identity) else self.canonical.clone()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, T, E, h, w) latents -> (B, T, h, w) int64 codes.
@@ -205,7 +224,7 @@ class VectorQuantizer(nn.Module):
             (rows.square().sum(dim=1, keepdim=True) + codebook_sq).sub_(rows @ codebook.T, alpha=2).argmin(dim=1)
             for rows in flat.split(chunk)
         ])  # (N,)
-        return codes.view(b, t, h, w)
+        return self.canonical.to(codes.device)[codes].view(b, t, h, w)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, T, h, w) codes -> (B, T, E, h, w) codebook vectors."""
@@ -252,19 +271,22 @@ class VisionTokenizer(nn.Module):
             raise ValueError(f"the number of frames must be a positive multiple of {self.temporal_factor}, "
                              f"got {pixels.shape[1]}")
 
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pre-quantization latents (B, t, E, H/8, W/8) of (B, 3, H, W) images (t = 1: an image is the
+        official static clip of 4 identical frames) or (B, T, 3, H, W) clips (t = T/4). No input checks."""
+        if pixels.ndim == 4:
+            h = self.encoder.spatial(pixels)  # (B, z, h, w): the 4 repeated frames share it
+            h = h.unsqueeze(1).expand(-1, self.temporal_factor, -1, -1, -1)  # (B, 4, z, h, w)
+            h = self.encoder.temporal(h)  # (B, 1, z, h, w)
+        else:
+            h = self.encoder(pixels)  # (B, T/4, z, h, w)
+        return self.quant_conv(h.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)  # (B, t, E, h, w)
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/8, W/8) codes; (B, T, 3, H, W) -> (B, T/4, H/8, W/8) codes (int64)."""
         self._check_pixels(pixels)
         weight = self.quantize.embedding.weight
-        x = pixels.to(device=weight.device, dtype=weight.dtype)
-        if x.ndim == 4:
-            h = self.encoder.spatial(x)  # (B, z, h, w): the 4 repeated frames share it
-            h = h.unsqueeze(1).expand(-1, self.temporal_factor, -1, -1, -1)  # (B, 4, z, h, w)
-            h = self.encoder.temporal(h)  # (B, 1, z, h, w)
-        else:
-            h = self.encoder(x)  # (B, T/4, z, h, w)
-        h = self.quant_conv(h.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)  # (B, t, E, h, w)
-        codes = self.quantize(h)  # (B, t, h, w)
+        codes = self.quantize(self.latents(pixels.to(device=weight.device, dtype=weight.dtype)))  # (B, t, h, w)
         return codes[:, 0] if pixels.ndim == 4 else codes
 
     def _check_codes(self, codes: torch.Tensor) -> None:

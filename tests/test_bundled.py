@@ -35,9 +35,10 @@ def test_generate_then_chat_without_model(tmp_path, capsys):
 
 def test_bundled_model_follows_the_prompt(tmp_path):
     """Seeded pictures of prompts seen in training hold more of their own prompt's claims than of the others'."""
-    from emu3.pipelines import Emu3, text_to_image
+    import emu3
+    from emu3.pipelines import text_to_image
 
-    m = Emu3.load(bundled.MODEL_DIR)
+    m = emu3.load()  # no folder: the bundled model
     prompts = ["a red circle", "a large blue square", "a yellow triangle on a black background",
                "a green circle on a white background", "a white square", "a purple triangle on an orange background"]
     claims = [parse_caption(p).claims() for p in prompts]
@@ -63,3 +64,21 @@ def test_reconstruct_defaults_to_the_bundled_tokenizer(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["codes_shape"] == [8, 8] and out["psnr"] > 18
+
+
+def test_bundled_tokenizer_writes_each_flat_color_as_one_code():
+    """The shipped tokenizer carries code aliases (emu3 merge-codes): a flat picture is (nearly) one code
+    throughout, where the raw tokenizer used a dozen (its most common code covered under 25% of patches)."""
+    import torch
+
+    from emu3.checkpoint import load_vision_tokenizer
+    from emu3.datasets.shapes.world import PALETTE
+
+    vq, processor = load_vision_tokenizer(bundled.VISION_TOKENIZER_DIR)
+    pixels = torch.stack(processor.preprocess([Image.new("RGB", (64, 64), rgb) for rgb in PALETTE.values()]))
+    with torch.no_grad():
+        codes = vq.encode(pixels).flatten(1)  # (8 colors, 64 patches)
+    main_code = torch.stack([torch.bincount(row).argmax() for row in codes])
+    share = (codes == main_code[:, None]).float().mean(1)
+    assert share.min() >= 0.85, share
+    assert len(main_code.unique()) == len(PALETTE)  # and the colors stay apart

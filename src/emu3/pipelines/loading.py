@@ -87,7 +87,12 @@ class Emu3:
 
 
 def load(model=None, vision_tokenizer=None, **kwargs):
-    """Load a checkpoint of either family: `Emu3.load`, or `emu3.emu35.bundle.Emu35.load` for Emu3.5."""
+    """Load a checkpoint of either family: `Emu3.load`, or `emu3.emu35.bundle.Emu35.load` for Emu3.5.
+    With neither folder given, the bundled Shapes model (as the commands do without --model)."""
+    if model is None and vision_tokenizer is None:
+        from emu3.bundled import model_or_bundled
+
+        model = model_or_bundled(None)
     if model is not None and checkpoint.detect_family(checkpoint.resolve(model)) == checkpoint.EMU35_FAMILY:
         from emu3.emu35.bundle import Emu35
 

@@ -155,6 +155,34 @@ def test_questions_have_correct_unambiguous_answers(samples):
     assert questions_for(scene, random.Random(3), 3) == questions_for(scene, random.Random(3), 3)
 
 
+def test_training_questions_never_name_a_held_out_composition():
+    """Not even as a "no": "is there an orange circle?" -> "no" in training teaches that it never exists."""
+    import re
+
+    from emu3.datasets.shapes.captions import RELATION_PHRASES
+
+    phrase_to_relation = {phrases[0]: r for r, phrases in RELATION_PHRASES.items()}
+    relation_question = re.compile(r"is the \w+ (\w+) (.+) the \w+ (\w+)\?")
+
+    def names_held_out(question: str) -> bool:
+        if any(f"{c} {s}" in question for c, s in HELD_OUT_PAIRS):
+            return True
+        m = relation_question.fullmatch(question)
+        return bool(m) and relation_held_out(m[1], phrase_to_relation[m[2]], m[3])
+
+    rng = random.Random(2)
+    asked = {"train": [], "heldout": []}
+    for split in asked:
+        for _ in range(400):
+            scene = sample_captioned_scene(rng, split).scene
+            asked[split] += [qa.question for qa in questions_for(scene, rng, 6, split)]
+    assert not [q for q in asked["train"] if names_held_out(q)]
+    assert [q for q in asked["heldout"] if names_held_out(q)]  # the check can fire
+    assert any(relation_question.fullmatch(q) for q in asked["train"])  # relation questions are still asked
+    with pytest.raises(ValueError, match="split"):
+        questions_for(scene, rng, 1, "validation")
+
+
 def test_videos_move_as_captioned_and_bounce_inside_the_picture():
     rng = random.Random(0)
     for i in range(40):

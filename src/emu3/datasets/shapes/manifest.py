@@ -66,7 +66,7 @@ def _records(n_images: int, n_vqa: int, n_videos: int, seed: int, image_size: in
     for i in range(n_vqa):
         rng = _record_rng(seed, "vqa", i)
         scene = sample_captioned_scene(rng, split).scene
-        qas = questions_for(scene, rng, questions_per_image)
+        qas = questions_for(scene, rng, questions_per_image, split)
         turns = [{"question": qa.question, "answer": qa.answer} for qa in qas]
         yield {"image": render(scene, image_size), "turns": turns}
     for i in range(n_videos):

@@ -12,7 +12,9 @@ Kinds of question (the `kind` field), with their answers:
   "is the red circle on the left?" -> "yes" / "no", about as many of each
 
 A question is only asked when its answer is unambiguous: the object it names is the only one of
-its kind, and positions and relations hold (or fail) by at least `CERTAINTY_MARGIN`.
+its kind, and positions and relations hold (or fail) by at least `CERTAINTY_MARGIN`. Questions for
+the training split never name a held-out composition (`emu3.datasets.shapes.split`): not even as a
+"no" ("is there an orange circle?"), which would teach that the composition does not exist.
 This module does not score answers (see `emu3.eval.shapes.vqa`).
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from emu3.datasets.shapes.captions import POSITION_PHRASES, RELATION_PHRASES, with_article
 from emu3.datasets.shapes.scene import Scene
+from emu3.datasets.shapes.split import HELD_OUT_PAIRS, check_split, relation_held_out
 from emu3.datasets.shapes.world import COLORS, POSITIONS, RELATIONS, SHAPES, position_holds, relation_holds, where
 
 QUESTION_KINDS: tuple[str, ...] = ("color", "shape", "count", "position", "background", "yes_no")
@@ -42,7 +45,7 @@ def _yes_no(holds_strictly: bool, holds_leniently: bool) -> str | None:
     return "yes" if holds_strictly else None if holds_leniently else "no"
 
 
-def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
+def _candidates(scene: Scene, rng: random.Random, split: str) -> list[QA]:
     objs = scene.objects
     shapes = Counter(o.shape for o in objs)
     colors = Counter(o.color for o in objs)
@@ -61,7 +64,9 @@ def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
             out.append(QA(f"where is the {o.color} {o.shape}?", cell, "position"))
 
     yes, no = [], []
-    absent = [(c, s) for c in COLORS for s in SHAPES if c != scene.background and (c, s) not in pairs]
+    training = split == "train"
+    absent = [(c, s) for c in COLORS for s in SHAPES if c != scene.background and (c, s) not in pairs
+              and not (training and (c, s) in HELD_OUT_PAIRS)]
     yes += [f"is there {with_article(f'{c} {s}')}?" for c, s in pairs]
     no += [f"is there {with_article(f'{c} {s}')}?" for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
     for o in unique:
@@ -70,7 +75,7 @@ def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
             if answer is not None:
                 (yes if answer == "yes" else no).append(f"is the {o.color} {o.shape} {POSITION_PHRASES[p][0]}?")
         for other in unique:
-            if other is o:
+            if other is o or (training and any(relation_held_out(o.shape, r, other.shape) for r in RELATIONS)):
                 continue
             for r in RELATIONS:
                 a, b = (o.x, o.y), (other.x, other.y)
@@ -84,12 +89,13 @@ def _candidates(scene: Scene, rng: random.Random) -> list[QA]:
     return out
 
 
-def questions_for(scene: Scene, rng: random.Random, n: int = 3) -> list[QA]:
-    """`n` distinct questions about `scene` (fewer if it has fewer), kinds mixed, drawn from `rng`."""
+def questions_for(scene: Scene, rng: random.Random, n: int = 3, split: str = "heldout") -> list[QA]:
+    """`n` distinct questions about `scene` (fewer if it has fewer), kinds mixed, drawn from `rng`;
+    for the "train" split, none names a held-out composition."""
     if n < 1:
         raise ValueError(f"ask at least one question, got n={n}")
     by_kind: dict[str, list[QA]] = {}
-    for qa in _candidates(scene, rng):
+    for qa in _candidates(scene, rng, check_split(split)):
         by_kind.setdefault(qa.kind, []).append(qa)
     kinds = [k for k in QUESTION_KINDS if k in by_kind]
     picked: list[QA] = []

@@ -77,7 +77,8 @@ def uniform_aliases(codes: torch.Tensor, deviation: torch.Tensor, color: torch.T
     return table
 
 
-def _first_frame(record: Record) -> Image.Image:
+def first_frame(record: Record) -> Image.Image:
+    """A manifest record's picture: its image, or the first frame of its clip."""
     if record.image is not None:
         return load_image(record.image)
     return load_image(record.frames[0]) if record.frames else load_frames(record.video)[0]
@@ -95,7 +96,7 @@ def merge_uniform_codes(vq: VisionTokenizer, processor: ImageProcessor, manifest
     records, _ = read_media(manifest)
     order = np.random.default_rng(seed).permutation(len(records))[:samples]
     by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for p in processor.preprocess([_first_frame(records[i]) for i in order]):
+    for p in processor.preprocess([first_frame(records[i]) for i in order]):
         by_size.setdefault(tuple(p.shape), []).append(p)
     vq.quantize.set_aliases(None)
     device = vq.quantize.embedding.weight.device

@@ -15,7 +15,8 @@ collapses onto a few codes without it; the restarts are per process, so use them
 step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
 with `crop`, samples are random crops of the resolution square. `decoder_only` trains the decoder
 side alone, so the codes of data already tokenized (and a language model trained on them) stay
-valid; it keeps the tokenizer's code aliases (`emu3 merge-codes`), which other training drops. No adversarial term is implemented. The result is saved in the official VQ folder layout.
+valid; it keeps the tokenizer's code aliases (`emu3 merge-codes`), which other training drops. No
+adversarial term is implemented. The result is saved in the official VQ folder layout.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Stages (each is skipped when its output exists, so an interrupted run resumes):
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults are what fits a 2-core CPU in about two hours (figures in benchmarks/RESULTS.md); on a
+The defaults are what fits a 2-core CPU in about four hours (figures in benchmarks/RESULTS.md); on a
 GPU, raise the step counts (`--device cuda --vq-steps 20000 --lm-steps 20000 --lm-batch 64`).
 """
 

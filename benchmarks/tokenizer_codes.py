@@ -25,7 +25,7 @@ from emu3.checkpoint import load_vision_tokenizer
 from emu3.datasets.shapes.render import render
 from emu3.eval.shapes.benchmark import eval_prompts
 from emu3.pipelines.reconstruct import reconstruct
-from emu3.train.code_merge import first_frame, patch_stats
+from emu3.train.code_merge import patch_codes
 from emu3.train.vq import read_media
 
 
@@ -51,16 +51,8 @@ def main() -> None:
 
         a.data = str(write_dataset(tempfile.mkdtemp(), n_images=a.pictures, n_vqa=0, n_videos=0, seed=1,
                                    image_size=64))
-    records, _ = read_media(a.data)
-    codes, deviation, color = [], [], []
-    for start in range(0, min(a.pictures, len(records)), 50):
-        chunk = records[start:min(start + 50, a.pictures)]
-        for picture in processor.preprocess([first_frame(r) for r in chunk]):
-            codes.append(vq.encode(picture[None]).flatten())
-            dev, col = patch_stats(picture[None], vq.spatial_factor)
-            deviation.append(dev)
-            color.append(col)
-    codes, deviation, color = torch.cat(codes), torch.cat(deviation), torch.cat(color)
+    records = read_media(a.data)[0][:a.pictures]
+    codes, deviation, color = patch_codes(vq, processor, records)
     flat = deviation < 0.5 / 255  # one color (up to the float rounding of preprocessing)
     by_color: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for code, rgb in zip(codes[flat].tolist(), (color[flat] * 255).round().int().tolist()):
@@ -70,7 +62,7 @@ def main() -> None:
     prompts = eval_prompts(a.psnr_pictures, seed=0)
     psnr = float(np.mean([reconstruct(vq, processor, [render(q.scene)]).psnr for q in prompts]))
     print(json.dumps({"vision_tokenizer": str(vision_tokenizer_or_bundled(a.vision_tokenizer)),
-                      "pictures": min(a.pictures, len(records)), "flat_patch_share": float(flat.float().mean()),
+                      "pictures": len(records), "flat_patch_share": float(flat.float().mean()),
                       "flat_color_code_entropy_nats": flat_entropy,
                       "flat_color_equivalent_codes": math.exp(flat_entropy),
                       "code_entropy_nats": entropy(torch.bincount(codes)), "distinct_codes": len(codes.unique()),

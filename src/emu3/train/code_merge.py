@@ -85,6 +85,25 @@ def first_frame(record: Record) -> Image.Image:
 
 
 @torch.no_grad()
+def patch_codes(vq: VisionTokenizer, processor: ImageProcessor, records: list[Record], batch: int = 64
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, deviation, color) of every patch of `records`' pictures (images, or the first frame of
+    clips) preprocessed as for tokenizing: `vq`'s codes (N,) and the patches' `patch_stats`."""
+    by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for p in processor.preprocess([first_frame(r) for r in records]):
+        by_size.setdefault(tuple(p.shape), []).append(p)
+    device = vq.quantize.embedding.weight.device
+    codes, deviation, color = [], [], []
+    for same in by_size.values():
+        for start in range(0, len(same), batch):
+            x = torch.stack(same[start:start + batch])
+            codes.append(vq.encode(x.to(device)).flatten().cpu())
+            dev, col = patch_stats(x, vq.spatial_factor)
+            deviation.append(dev)
+            color.append(col)
+    return torch.cat(codes), torch.cat(deviation), torch.cat(color)
+
+
 def merge_uniform_codes(vq: VisionTokenizer, processor: ImageProcessor, manifest: str, *, tol: float,
                         color_tol: float, samples: int = 1024, seed: int = 0, batch: int = 64) -> MergeReport:
     """Give `vq` the code aliases of its uniform codes (replacing any it had), measured on up to
@@ -95,20 +114,8 @@ def merge_uniform_codes(vq: VisionTokenizer, processor: ImageProcessor, manifest
         raise ValueError(f"samples must be >= 1, got {samples}")
     records, _ = read_media(manifest)
     order = np.random.default_rng(seed).permutation(len(records))[:samples]
-    by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for p in processor.preprocess([first_frame(records[i]) for i in order]):
-        by_size.setdefault(tuple(p.shape), []).append(p)
     vq.quantize.set_aliases(None)
-    device = vq.quantize.embedding.weight.device
-    codes, deviation, color = [], [], []
-    for same in by_size.values():
-        for start in range(0, len(same), batch):
-            x = torch.stack(same[start:start + batch])
-            codes.append(vq.encode(x.to(device)).flatten().cpu())
-            dev, col = patch_stats(x, vq.spatial_factor)
-            deviation.append(dev)
-            color.append(col)
-    codes, deviation, color = torch.cat(codes), torch.cat(deviation), torch.cat(color)
+    codes, deviation, color = patch_codes(vq, processor, [records[i] for i in order], batch)
     table = uniform_aliases(codes, deviation, color, vq.config.codebook_size, tol, color_tol)
     vq.quantize.set_aliases(table)
     after = table[codes]

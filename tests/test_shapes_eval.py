@@ -166,6 +166,14 @@ def test_tokenizer_round_trip_scores_identity_perfectly_and_blur_lower():
     blurred = evaluate_shapes(reconstruct=lambda image: image.filter(ImageFilter.GaussianBlur(3)), n_prompts=20)
     assert 10 < blurred.tokenizer.psnr < 30 and blurred.tokenizer.round_trip < exact.tokenizer.round_trip
     assert "round trip" in format_report(blurred)
+    assert set(blurred.tokenizer.round_trip_categories) <= set(exact.tokenizer.round_trip_categories)
+    assert all(v == 1.0 for v in exact.tokenizer.round_trip_categories.values())
+    assert min(blurred.tokenizer.round_trip_categories.values()) < 1.0
+    both = evaluate_shapes(lambda prompt, seed: render(scene_for(parse_caption(prompt), seed)),
+                           reconstruct=lambda image: image.filter(ImageFilter.GaussianBlur(3)), n_prompts=20)
+    header, overall = [line for line in format_report(both).splitlines() if line.startswith(("text to", "overall"))][:2]
+    assert header.split()[-1] == "tokenizer"
+    assert float(overall.split()[-1]) == pytest.approx(blurred.tokenizer.round_trip, abs=1e-3)
     image = render(scene_for(parse_caption("a red circle"), 0))
     noisy = Image.fromarray((np.asarray(image, np.float64) - 12.75).astype(np.uint8))  # palette values are >= 15
     assert abs(psnr(image, noisy) - 20 * math.log10(255 / 12.75)) < 0.5  # a uniform shift of 5% of full scale

@@ -12,8 +12,9 @@
   `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
   centres (mean over clips of found, direction accuracy and position error).
 * `score_reconstructions(prompts, pictures)`: the vision tokenizer on the prompts' ground-truth
-  pictures: mean PSNR, and the text-to-image score of the reconstructions (the round trip), which
-  bounds what any language model drawing through that tokenizer can reach.
+  pictures: mean PSNR, and the text-to-image score of the reconstructions (the round trip, overall
+  and per claim category), which bounds what any language model drawing through that tokenizer can
+  reach; `format_report` shows it beside the text-to-image rows.
 * `evaluate_shapes(generate, answer, continue_video, reconstruct, ...)`: all four, for a model given
   as plain functions (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`,
   `continue_video(caption, context_frames, seed) -> frames`, `reconstruct(image) -> image`); any
@@ -124,6 +125,7 @@ class TokenizerScores:
     psnr: float  # mean over pictures, dB
     round_trip: float  # text-to-image `overall` of the reconstructed ground-truth pictures
     round_trip_claims: float  # fraction of their claims that hold
+    round_trip_categories: dict[str, float]  # per claim category: the ceiling the tokenizer puts on text to image
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,8 @@ def score_reconstructions(prompts: Sequence[Prompt], pictures: Sequence[Image.Im
     if len(truth) != len(pictures):
         raise ValueError(f"{len(truth)} prompts but {len(pictures)} reconstructions")
     scores = score_images(prompts, pictures)
-    return TokenizerScores(len(truth), sum(map(psnr, truth, pictures)) / len(truth), scores.overall, scores.claims)
+    return TokenizerScores(len(truth), sum(map(psnr, truth, pictures)) / len(truth), scores.overall, scores.claims,
+                           scores.categories)
 
 
 def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
@@ -293,11 +296,18 @@ def format_report(report: ShapesReport) -> str:
     """The report as a plain-text table."""
     lines = [f"ShapesEval: split {report.split}, seed {report.seed}"]
     if report.images is not None:
-        s = report.images
-        lines += ["", f"{'text to image':<16}{'score':>8}{'n':>7}",
-                  f"{'overall':<16}{s.overall:>8.3f}{s.n_prompts:>7}",
-                  f"{'all claims':<16}{s.claims:>8.3f}{sum(s.category_counts.values()):>7}"]
-        lines += [f"  {c:<14}{v:>8.3f}{s.category_counts[c]:>7}" for c, v in s.categories.items()]
+        s, t = report.images, report.tokenizer
+        # With the tokenizer measured, each row also shows its round trip: the most the model's pictures can score.
+        ceiling = ({"overall": t.round_trip, "all claims": t.round_trip_claims, **t.round_trip_categories}
+                   if t is not None else {})
+
+        def row(name: str, score: float, n: int, key: str) -> str:
+            return f"{name:<16}{score:>8.3f}{n:>7}" + (f"{ceiling[key]:>11.3f}" if key in ceiling else "")
+
+        lines += ["", f"{'text to image':<16}{'score':>8}{'n':>7}" + (f"{'tokenizer':>11}" if ceiling else ""),
+                  row("overall", s.overall, s.n_prompts, "overall"),
+                  row("all claims", s.claims, sum(s.category_counts.values()), "all claims")]
+        lines += [row(f"  {c}", v, s.category_counts[c], c) for c, v in s.categories.items()]
     if report.answers is not None:
         a = report.answers
         size = f"({report.image_size}x{report.image_size} pictures)"

@@ -18,17 +18,14 @@ Stages (each is skipped when its output exists, so an interrupted run resumes):
                  as one canonical code (emu3.train.code_merge), which removes most of the tokenizer noise
                  the LM had to model
   8. re-prepare  stage 4 again with the merged tokenizer
-  9. retrain     `emu3 train` continuing from stage 5's LM on the canonical codes
- 10. fresh       a second dataset (next seed, more pictures with 5 questions each, fewer clips),
-                 prepared with the merged tokenizer, and the LM continued on it, exported in bf16:
-                 new pictures instead of more epochs over the same ones
- 11. redecode    stage 6 again from the merged tokenizer: the decoder learns the canonical codes
-                 (independent of stages 9 and 10)
- 12. bundle      the LM beside that tokenizer; eval: tokenizer PSNR on held-out pictures, ShapesEval
+  9. retrain     `emu3 train` continuing from stage 5's LM on the canonical codes, exported in bf16
+ 10. redecode    stage 6 again from the merged tokenizer: the decoder learns the canonical codes
+                 (independent of stage 9)
+ 11. bundle      the LM beside that tokenizer; eval: tokenizer PSNR on held-out pictures, ShapesEval
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults are what fits a 2-core CPU in about six hours (figures in benchmarks/RESULTS.md); on a
+The defaults are what fits a 2-core CPU in about four hours (figures in benchmarks/RESULTS.md); on a
 GPU, raise the step counts (`--device cuda --vq-steps 20000 --lm-steps 20000 --lm-batch 64`).
 """
 
@@ -56,13 +53,12 @@ def emu3(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def stage_data(work: Path, name: str, *, images: int, vqa: int, videos: int, seed: int, questions: int = 3) -> Path:
+def stage_data(work: Path, a: argparse.Namespace) -> Path:
     from emu3.datasets.shapes import write_dataset
 
-    manifest = work / name / "manifest.jsonl"
+    manifest = work / "data" / "manifest.jsonl"
     if not manifest.is_file():
-        write_dataset(work / name, n_images=images, n_vqa=vqa, n_videos=videos, seed=seed, image_size=64,
-                      questions_per_image=questions)
+        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, n_videos=a.videos, seed=a.seed, image_size=64)
     return manifest
 
 
@@ -199,10 +195,6 @@ def main() -> None:
     p.add_argument("--redecoder-steps", type=int, default=1500, help="the same after the code merge")
     p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
     p.add_argument("--retrain-steps", type=int, default=6000, help="LM steps on the merged codes")
-    p.add_argument("--fresh-images", type=int, default=10000, help="captioned pictures of the second dataset")
-    p.add_argument("--fresh-vqa", type=int, default=6000, help="pictures with 5 questions each, second dataset")
-    p.add_argument("--fresh-videos", type=int, default=600, help="clips of the second dataset")
-    p.add_argument("--fresh-steps", type=int, default=11000, help="LM steps on the second dataset")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--lm-steps", type=int, default=4000)
     p.add_argument("--lm-batch", type=int, default=16)
@@ -213,7 +205,7 @@ def main() -> None:
     p.add_argument("--install", action="store_true", help="copy the export into the package's assets")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
-    manifest = stage_data(a.work, "data", images=a.images, vqa=a.vqa, videos=a.videos, seed=a.seed)
+    manifest = stage_data(a.work, a)
     vq_dir = stage_vq(a.work, manifest, a)
     base = stage_base(a.work, manifest, vq_dir, a)
     lm_export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a, name="lm",
@@ -222,11 +214,6 @@ def main() -> None:
     merged = stage_merge(a.work, manifest, tuned, a)
     data = stage_prepare(a.work, manifest, base, merged, a, "prepared-merged")
     lm_export = stage_train(a.work, lm_export / "model", data, a, name="lm-merged", steps=a.retrain_steps, lr="1e-3",
-                            init=False)
-    fresh = stage_data(a.work, "data-fresh", images=a.fresh_images, vqa=a.fresh_vqa, videos=a.fresh_videos,
-                       seed=a.seed + 1, questions=5)
-    data = stage_prepare(a.work, fresh, base, merged, a, "prepared-fresh")
-    lm_export = stage_train(a.work, lm_export / "model", data, a, name="lm-fresh", steps=a.fresh_steps, lr="1e-3",
                             init=False)
     export = stage_bundle(a.work, lm_export, stage_decoder(a.work, manifest, merged, a, name="vq-merged-decoder",
                                                            steps=a.redecoder_steps))

@@ -11,7 +11,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--vq-steps", "2", "--vq-batch", "2",
         "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--redecoder-steps", "1", "--layers", "1",
         "--lm-steps", "2", "--retrain-steps", "2", "--lm-batch", "2",
-        "--fresh-images", "4", "--fresh-vqa", "2", "--fresh-videos", "1", "--fresh-steps", "2",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -27,8 +26,6 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert (tmp_path / "bundle" / "model" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
-    assert len((tmp_path / "data-fresh" / "manifest.jsonl").read_text().splitlines()) == 7
-    assert (tmp_path / "lm-fresh" / "export" / "model" / "config.json").is_file()  # the bundled LM's last stage
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ " not in again.stdout  # every training stage was already done: no command ran again

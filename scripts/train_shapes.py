@@ -2,31 +2,32 @@
 
     python scripts/train_shapes.py --work runs/shapes [--device cuda] [--install]
 
-Stages (each is skipped when its output exists, so an interrupted run resumes):
-  1. data        `emu3.datasets.shapes.write_dataset`: captioned images, images with questions and
-                 captioned 8-frame clips of moving objects (64x64)
-  2. vq          `emu3 train-vq --preset shapes --init` on 32x32 crops: a plain-autoencoder warm-up, then a
+Stages (each is skipped when its output exists, and an interrupted training resumes from its last
+checkpoint, so running the command again goes on where it stopped):
+  1. data        `emu3.datasets.shapes.write_dataset` on the training compositions: captioned pictures,
+                 pictures with 5 questions each and captioned 8-frame clips of moving objects (64x64)
+  2. pictures    the data's pictures plus pictures and clips of the held-out compositions, captions
+                 and questions dropped: what the vision tokenizer trains on. The tokenizer is the
+                 world's picture codec (its target is PSNR on the world's pictures); one trained
+                 without green squares cannot write one, which capped any LM at a quarter of the
+                 held-out prompts. The LM never sees a held-out composition, in text or in pictures.
+  3. vq          `emu3 train-vq --preset shapes --init` on 32x32 crops: a plain-autoencoder warm-up, then a
                  k-means codebook (8x8 grids of 1024 codes)
-  3. base        a compact vocabulary (the 256 byte tokens + the corpus's BPE ranks + controls + codes)
-                 and an untrained LM folder (`small` shapes, its vocabulary) that the next stages start from
-  4. prepare     `emu3 prepare` of the manifest with that tokenizer and vision tokenizer (clips as frames
-                 0, 2, 4, 6, one image block each)
-  5. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch)
-  6. decoder     `emu3 train-vq --decoder-only` on whole pictures: sharper pictures from the same codes
-                 (independent of stage 5, so the two can run side by side)
-  7. merge       `emu3 merge-codes` on the tuned tokenizer: the codes of flat patches of one color encode
-                 as one canonical code (emu3.train.code_merge), which removes most of the tokenizer noise
-                 the LM had to model
-  8. re-prepare  stage 4 again with the merged tokenizer
-  9. retrain     `emu3 train` continuing from stage 5's LM on the canonical codes, exported in bf16
- 10. redecode    stage 6 again from the merged tokenizer: the decoder learns the canonical codes
-                 (independent of stage 9)
- 11. bundle      the LM beside that tokenizer; eval: tokenizer PSNR on held-out pictures, ShapesEval
+  4. merge       `emu3 merge-codes`: the codes of flat patches of one color encode as one canonical code
+                 (emu3.train.code_merge), which removes tokenizer noise the LM would have to model
+  5. base        a compact vocabulary (the 256 byte tokens + the corpus's BPE ranks + controls + codes)
+                 and an untrained LM folder (`small` shapes, its vocabulary)
+  6. prepare     `emu3 prepare` of the data with that tokenizer and the merged vision tokenizer (clips as
+                 frames 0, 2, 4, 6, one image block each)
+  7. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), bf16 export
+  8. decoder     `emu3 train-vq --decoder-only` of the merged tokenizer on whole pictures: sharper pictures
+                 from the same codes (independent of stage 7)
+  9. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults are what fits a 2-core CPU in about four hours (figures in benchmarks/RESULTS.md); on a
-GPU, raise the step counts (`--device cuda --vq-steps 20000 --lm-steps 20000 --lm-batch 64`).
+The defaults take about six hours on a 2-core CPU (figures in benchmarks/RESULTS.md); on a GPU,
+raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -58,20 +59,49 @@ def stage_data(work: Path, a: argparse.Namespace) -> Path:
 
     manifest = work / "data" / "manifest.jsonl"
     if not manifest.is_file():
-        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, n_videos=a.videos, seed=a.seed, image_size=64)
+        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, n_videos=a.videos, seed=a.seed, image_size=64,
+                      questions_per_image=5)
     return manifest
 
 
-def stage_vq(work: Path, manifest: Path, a: argparse.Namespace) -> Path:
+def stage_pictures(work: Path, data: Path, a: argparse.Namespace) -> Path:
+    """A manifest of the data's pictures and clips plus held-out ones, paths relative to its folder."""
+    from emu3.datasets.shapes import write_dataset
+
+    manifest = work / "pictures" / "manifest.jsonl"
+    if manifest.is_file():
+        return manifest
+    held = work / "pictures-heldout"
+    if not (held / "manifest.jsonl").is_file():
+        write_dataset(held, n_images=a.heldout_pictures, n_videos=a.heldout_clips, seed=a.seed + 1, image_size=64,
+                      split="heldout", overwrite=True)
+    lines = []
+    for source in (data, held / "manifest.jsonl"):
+        prefix = f"../{source.parent.name}/"
+        for line in source.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            lines.append({"image": prefix + record["image"]} if "image" in record
+                         else {"frames": [prefix + f for f in record["frames"]]})
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    partial = manifest.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    partial.replace(manifest)
+    return manifest
+
+
+def resume(output: Path) -> list[str]:
+    """`--resume` when a training run in `output` left checkpoints: an interrupted stage goes on."""
+    return ["--resume"] if any((output / "checkpoints").glob("step-*")) else []
+
+
+def stage_vq(work: Path, pictures: Path, a: argparse.Namespace) -> Path:
     out = work / "vq" / "export" / "vision-tokenizer"
     if not out.is_dir():
-        emu3("train-vq", "--data", str(manifest), "--preset", "shapes", "--init", "--resolution", "64",
+        emu3("train-vq", "--data", str(pictures), "--preset", "shapes", "--init", "--resolution", "64",
              "--crop", "32", "--autoencoder-steps", str(a.vq_autoencoder_steps), "--recon-loss", "l2",
              "--micro-batch-size", str(a.vq_batch), "--max-steps", str(a.vq_steps), "--lr", "4e-3", "--min-lr", "2e-4",
              "--betas", "0.9", "0.99", "--warmup-steps", "30", "--restart-dead-codes", "50", "--save-every", "500",
-             "--log-every", "20",
-             "--device", a.device,
-             "-o", str(work / "vq"), "--quiet")
+             "--log-every", "20", "--device", a.device, *resume(work / "vq"), "-o", str(work / "vq"), "--quiet")
     return out
 
 
@@ -124,28 +154,27 @@ def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argpa
     return out
 
 
-def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace, *, name: str, steps: int, lr: str,
-                init: bool) -> Path:
-    """Train the LM of folder `base` on `data`: from scratch with `init`, else on from its weights."""
-    out = work / name
+def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Path:
+    """Train the LM of folder `base` on `data` from scratch."""
+    out = work / "lm"
     if not (out / "export" / "model" / "config.json").is_file():
-        emu3("train", "--model", str(base), *(["--init"] if init else []), "--data", str(data), "-o", str(out),
-             "--max-steps", str(steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
-             "--lr", lr, "--min-lr", "1e-4",
-             "--warmup-steps", "100", "--null-prompt-prob", "0.1", "--save-every", "200", "--log-every", "10",
-             "--export-dtype", "bf16", "--device", a.device, "--quiet")
+        emu3("train", "--model", str(base), "--init", "--data", str(data), "-o", str(out),
+             "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
+             "--lr", "2e-3", "--min-lr", "1e-4", "--warmup-steps", "100", "--null-prompt-prob", "0.1",
+             "--save-every", "200", "--log-every", "10", "--export-dtype", "bf16", "--device", a.device,
+             *resume(out), "--quiet")
     return out / "export"
 
 
-def stage_decoder(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace, *, name: str, steps: int) -> Path:
+def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
     """Fine-tune the tokenizer's decoder alone on whole pictures: the codes (and the LM's data) do not change."""
-    out = work / name / "export" / "vision-tokenizer"
-    if not out.is_dir():
-        emu3("train-vq", "--data", str(manifest), "--vision-tokenizer", str(vq_dir), "--decoder-only",
-             "--resolution", "64", "--recon-loss", "l2", "--micro-batch-size", "8", "--max-steps", str(steps),
+    out = work / "vq-decoder"
+    if not (out / "export" / "vision-tokenizer").is_dir():
+        emu3("train-vq", "--data", str(pictures), "--vision-tokenizer", str(vq_dir), "--decoder-only",
+             "--resolution", "64", "--recon-loss", "l2", "--micro-batch-size", "8", "--max-steps", str(a.decoder_steps),
              "--lr", "1e-3", "--min-lr", "1e-4", "--betas", "0.9", "0.99", "--warmup-steps", "30", "--save-every", "500",
-             "--log-every", "20", "--device", a.device, "-o", str(work / name), "--quiet")
-    return out
+             "--log-every", "20", "--device", a.device, *resume(out), "-o", str(out), "--quiet")
+    return out / "export" / "vision-tokenizer"
 
 
 def stage_merge(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
@@ -185,18 +214,19 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bpe", type=Path, default=DEFAULT_BPE, help="the official emu3.tiktoken")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=8000, help="captioned training images")
-    p.add_argument("--vqa", type=int, default=4000, help="training images with 3 questions each")
+    p.add_argument("--images", type=int, default=10000, help="captioned training pictures")
+    p.add_argument("--vqa", type=int, default=6000, help="training pictures with 5 questions each")
     p.add_argument("--videos", type=int, default=1500, help="captioned 8-frame clips (trained on frames 0, 2, 4, 6)")
-    p.add_argument("--vq-steps", type=int, default=3500)
+    p.add_argument("--heldout-pictures", type=int, default=4000,
+                   help="pictures of held-out compositions for the vision tokenizer only (0: none)")
+    p.add_argument("--heldout-clips", type=int, default=300, help="the same, clips")
+    p.add_argument("--vq-steps", type=int, default=12000)
     p.add_argument("--vq-batch", type=int, default=16, help="32x32 crops per VQ step")
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
-    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
-    p.add_argument("--redecoder-steps", type=int, default=1500, help="the same after the code merge")
     p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
-    p.add_argument("--retrain-steps", type=int, default=6000, help="LM steps on the merged codes")
+    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--lm-steps", type=int, default=4000)
+    p.add_argument("--lm-steps", type=int, default=20000)
     p.add_argument("--lm-batch", type=int, default=16)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
@@ -205,18 +235,12 @@ def main() -> None:
     p.add_argument("--install", action="store_true", help="copy the export into the package's assets")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
-    manifest = stage_data(a.work, a)
-    vq_dir = stage_vq(a.work, manifest, a)
-    base = stage_base(a.work, manifest, vq_dir, a)
-    lm_export = stage_train(a.work, base, stage_prepare(a.work, manifest, base, vq_dir, a), a, name="lm",
-                            steps=a.lm_steps, lr="2e-3", init=True)
-    tuned = stage_decoder(a.work, manifest, vq_dir, a, name="vq-decoder", steps=a.decoder_steps)
-    merged = stage_merge(a.work, manifest, tuned, a)
-    data = stage_prepare(a.work, manifest, base, merged, a, "prepared-merged")
-    lm_export = stage_train(a.work, lm_export / "model", data, a, name="lm-merged", steps=a.retrain_steps, lr="1e-3",
-                            init=False)
-    export = stage_bundle(a.work, lm_export, stage_decoder(a.work, manifest, merged, a, name="vq-merged-decoder",
-                                                           steps=a.redecoder_steps))
+    data = stage_data(a.work, a)
+    pictures = stage_pictures(a.work, data, a)
+    merged = stage_merge(a.work, data, stage_vq(a.work, pictures, a), a)
+    base = stage_base(a.work, data, merged, a)
+    lm_export = stage_train(a.work, base, stage_prepare(a.work, data, base, merged, a), a)
+    export = stage_bundle(a.work, lm_export, stage_decoder(a.work, pictures, merged, a))
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)
     (a.work / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """The committed recipe of the bundled model runs end to end (tiny counts) and resumes without redoing work."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--vq-steps", "2", "--vq-batch", "2",
-        "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--redecoder-steps", "1", "--layers", "1",
-        "--lm-steps", "2", "--retrain-steps", "2", "--lm-batch", "2",
+TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3", "--heldout-clips", "1",
+        "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--layers", "1",
+        "--lm-steps", "2", "--lm-batch", "2",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -26,6 +27,15 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert (tmp_path / "bundle" / "model" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
+    pictures = [json.loads(line) for line in (tmp_path / "pictures" / "manifest.jsonl").read_text().splitlines()]
+    assert len(pictures) == 11 + 4  # the data's pictures and clips, then the held-out ones
+    assert all((tmp_path / "pictures" / p).is_file() for r in pictures for p in r.get("frames", [r.get("image")]))
+    data = (tmp_path / "data" / "manifest.jsonl").read_text()
+    assert "turns" in data and "caption" not in (tmp_path / "pictures" / "manifest.jsonl").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ " not in again.stdout  # every training stage was already done: no command ran again
+    shutil.rmtree(tmp_path / "lm" / "export")  # as if the LM stage had stopped after its last checkpoint
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "--resume" in resumed.stdout and (tmp_path / "lm" / "export" / "model" / "config.json").is_file()

@@ -226,7 +226,7 @@ def main() -> None:
     p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--lm-steps", type=int, default=20000)
+    p.add_argument("--lm-steps", type=int, default=16000)
     p.add_argument("--lm-batch", type=int, default=16)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)

@@ -19,9 +19,9 @@ checkpoint, so running the command again goes on where it stopped):
                  and an untrained LM folder (`small` shapes, its vocabulary)
   6. prepare     `emu3 prepare` of the data with that tokenizer and the merged vision tokenizer (clips as
                  frames 0, 2, 4, 6, one image block each)
-  7. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), bf16 export
-  8. decoder     `emu3 train-vq --decoder-only` of the merged tokenizer on whole pictures: sharper pictures
-                 from the same codes (independent of stage 7)
+  7. decoder     `emu3 train-vq --decoder-only` of the merged tokenizer on whole pictures: sharper pictures
+                 from the same codes (the LM's data do not change)
+  8. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), bf16 export
   9. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
@@ -239,8 +239,9 @@ def main() -> None:
     pictures = stage_pictures(a.work, data, a)
     merged = stage_merge(a.work, data, stage_vq(a.work, pictures, a), a)
     base = stage_base(a.work, data, merged, a)
+    tokenizer = stage_decoder(a.work, pictures, merged, a)
     lm_export = stage_train(a.work, base, stage_prepare(a.work, data, base, merged, a), a)
-    export = stage_bundle(a.work, lm_export, stage_decoder(a.work, pictures, merged, a))
+    export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)
     (a.work / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

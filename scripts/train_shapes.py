@@ -26,8 +26,8 @@ checkpoint, so running the command again goes on where it stopped):
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about five hours on a 2-core CPU (tokenizer 70 min, LM about 2.6 h) (figures in benchmarks/RESULTS.md); on a GPU,
-raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --lm-batch 64`).
+The defaults take about five hours on a 2-core CPU (tokenizer 70 min, LM about 2.6 h; figures in
+benchmarks/RESULTS.md); on a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --lm-batch 64`).
 """
 
 from __future__ import annotations

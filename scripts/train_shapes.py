@@ -67,6 +67,7 @@ def stage_data(work: Path, a: argparse.Namespace) -> Path:
 def stage_pictures(work: Path, data: Path, a: argparse.Namespace) -> Path:
     """A manifest of the data's pictures and clips plus held-out ones, paths relative to its folder."""
     from emu3.datasets.shapes import write_dataset
+    from emu3.train.atomic import write_file
 
     manifest = work / "pictures" / "manifest.jsonl"
     if manifest.is_file():
@@ -83,15 +84,15 @@ def stage_pictures(work: Path, data: Path, a: argparse.Namespace) -> Path:
             lines.append({"image": prefix + record["image"]} if "image" in record
                          else {"frames": [prefix + f for f in record["frames"]]})
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    partial = manifest.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
-    partial.replace(manifest)
+    write_file(manifest, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8"))
     return manifest
 
 
 def resume(output: Path) -> list[str]:
-    """`--resume` when a training run in `output` left checkpoints: an interrupted stage goes on."""
-    return ["--resume"] if any((output / "checkpoints").glob("step-*")) else []
+    """`--resume` when a training run in `output` left a complete checkpoint: an interrupted stage goes on."""
+    from emu3.train.state import latest
+
+    return ["--resume"] if latest(output) is not None else []
 
 
 def stage_vq(work: Path, pictures: Path, a: argparse.Namespace) -> Path:

@@ -105,6 +105,6 @@ def test_a_compact_model_generates_an_image(compact, emu3_fixture, tmp_path):
     from emu3.cli import main
 
     assert main(["eval", "shapes", "--model", str(tmp_path / "model"), "--prompts", "1", "--questions", "1",
-                 "--videos", "1", "--device", "cpu", "--json"]) == 0
+                 "--videos", "1", "--device", "cpu", "--top-k", "4", "--temperature", "0.7", "--json"]) == 0
     assert main(["generate", CORPUS[0], "--model", str(tmp_path / "model"), "-o", str(tmp_path / "a.png"),
                  "--quiet"]) == 0

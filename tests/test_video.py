@@ -150,3 +150,22 @@ def test_eval_video_part(tiny):
     assert report.videos.n_videos == 1 and 0.0 <= report.videos.found <= 1.0
     json.dumps(report.to_dict())
     assert "position error" in format_report(report)
+
+
+def test_eval_draws_pictures_and_clips_with_the_given_sampling(tiny, monkeypatch):
+    import importlib
+
+    from emu3.eval.cli import evaluate_model
+
+    t2i, video = (importlib.import_module(f"emu3.pipelines.{name}") for name in ("text_to_image", "video"))
+
+    seen = []
+    for module, name in ((t2i, "text_to_image"), (video, "generate_video")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, **k: seen.append(k["sampling"]) or real(*a, **k))
+    sampling = SamplingConfig(top_k=3, temperature=0.5)
+    evaluate_model(tiny, n_prompts=1, n_questions=0, n_videos=1, sampling=sampling)
+    assert seen == [sampling, sampling]
+    seen.clear()
+    evaluate_model(tiny, n_prompts=1, n_questions=0, n_videos=1)
+    assert seen == [t2i.DEFAULT_SAMPLING, t2i.DEFAULT_SAMPLING]

@@ -11,30 +11,39 @@ the scoring lives in `emu3.eval.shapes`.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from emu3.eval.shapes import ShapesReport, evaluate_shapes, format_report
 from emu3.eval.shapes.benchmark import VIDEO_CONTEXT, VIDEO_KEPT
 
+if TYPE_CHECKING:
+    from emu3.generation import SamplingConfig
+
 
 def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, seed: int = 0, cfg: float = 3.0,
-                   split: str = "heldout") -> ShapesReport:
-    """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part."""
+                   split: str = "heldout", sampling: SamplingConfig | None = None) -> ShapesReport:
+    """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part.
+
+    `sampling` draws the pictures and the clips' frames (default: `text_to_image`'s, top-k 2048).
+    """
     from emu3.pipelines.reconstruct import reconstruct
-    from emu3.pipelines.text_to_image import default_prompts, text_to_image
+    from emu3.pipelines.text_to_image import DEFAULT_SAMPLING, default_prompts, text_to_image
     from emu3.pipelines.understanding import answer
     from emu3.pipelines.video import generate_video
 
     positive, negative = default_prompts(m)
+    sampling = sampling or DEFAULT_SAMPLING
 
     def generate(prompt: str, s: int):
-        return text_to_image(m, prompt, seed=s, cfg=cfg, positive_prompt=positive, negative_prompt=negative).images[0]
+        return text_to_image(m, prompt, seed=s, cfg=cfg, sampling=sampling, positive_prompt=positive,
+                             negative_prompt=negative).images[0]
 
     def reply(image, question: str) -> str:
         return answer(m, [image], question, max_new_tokens=16).text
 
     def continue_video(caption: str, context, s: int):
         frames = generate_video(m, caption, context_frames=context, num_frames=VIDEO_KEPT - VIDEO_CONTEXT, cfg=cfg,
-                                seed=s).frames
+                                sampling=sampling, seed=s).frames
         return frames[len(context):]
 
     def round_trip(image):
@@ -58,6 +67,8 @@ def add_parser(sub) -> None:
     shapes.add_argument("--videos", type=int, default=20, help="clips to continue (0: skip)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    shapes.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of pictures and clips")
+    shapes.add_argument("--top-k", type=int, default=2048, help="sampling top-k of pictures and clips (default 2048)")
     shapes.add_argument("--split", default="heldout", help="heldout (default) or train compositions")
     shapes.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     shapes.set_defaults(run=cmd_eval_shapes)
@@ -66,13 +77,15 @@ def add_parser(sub) -> None:
 def cmd_eval_shapes(args: argparse.Namespace) -> dict:
     from emu3.bundled import model_or_bundled
     from emu3.cli import resolve_device
+    from emu3.generation import SamplingConfig
     from emu3.pipelines import Emu3
 
     if min(args.prompts, args.questions, args.videos) < 0 or not (args.prompts or args.questions or args.videos):
         raise ValueError("--prompts, --questions and --videos must be >= 0, and not all 0")
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k)
     m = Emu3.load(model_or_bundled(args.model), args.vision_tokenizer, device=resolve_device(args.device))
     report = evaluate_model(m, n_prompts=args.prompts, n_questions=args.questions, n_videos=args.videos,
-                            seed=args.seed, cfg=args.cfg, split=args.split)
+                            seed=args.seed, cfg=args.cfg, split=args.split, sampling=sampling)
     if not args.json:
         print(format_report(report))
     return report.to_dict()

@@ -26,7 +26,7 @@ checkpoint, so running the command again goes on where it stopped):
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about five hours on a 2-core CPU (tokenizer 70 min, LM about 2.6 h; figures in
+The defaults take about five hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, LM about 3 h; figures in
 benchmarks/RESULTS.md); on a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --lm-batch 64`).
 """
 

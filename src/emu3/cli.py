@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from emu3.bundled import model_or_bundled, vision_tokenizer_or_bundled
+from emu3.defaults import GUIDANCE_SCALE, TOP_K
 from emu3.generation import SamplingConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1; Emu3.5: a preset or auto)")
     gen.add_argument("--image-area", type=int, default=None, help="pixel area (default: the model's image_area)")
     gen.add_argument("--cfg", type=float, default=None,
-                     help="classifier-free guidance scale (default: 3.0 for Emu3, the t2i setting for Emu3.5)")
+                     help=f"classifier-free guidance scale (default: {GUIDANCE_SCALE} for Emu3, "
+                     "the t2i setting for Emu3.5)")
     gen.add_argument("--positive-prompt", default=None, help="suffix appended to the prompt (default: the "
                      "official one; none for a compact-vocabulary model, trained without it)")
     gen.add_argument("--negative-prompt", default=None, help="unconditional context for guidance (default: the "
@@ -195,8 +197,8 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         return generate_from_args(args)
     if args.max_new_tokens is not None:
         raise ValueError("--max-new-tokens applies to Emu3.5 checkpoints only (an Emu3 image has a fixed length)")
-    args.cfg = 3.0 if args.cfg is None else args.cfg
-    args.top_k = 2048 if args.top_k is None else args.top_k
+    args.cfg = GUIDANCE_SCALE if args.cfg is None else args.cfg
+    args.top_k = TOP_K if args.top_k is None else args.top_k
     m = _load(args)
     positive, negative = default_prompts(m)
     args.positive_prompt = positive if args.positive_prompt is None else args.positive_prompt

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from emu3.defaults import GUIDANCE_SCALE, TOP_K
 from emu3.eval.shapes import ShapesReport, evaluate_shapes, format_report
 from emu3.eval.shapes.benchmark import VIDEO_CONTEXT, VIDEO_KEPT
 
@@ -20,11 +21,11 @@ if TYPE_CHECKING:
     from emu3.generation import SamplingConfig
 
 
-def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, seed: int = 0, cfg: float = 3.0,
-                   split: str = "heldout", sampling: SamplingConfig | None = None) -> ShapesReport:
+def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, seed: int = 0,
+                   cfg: float = GUIDANCE_SCALE, split: str = "heldout", sampling: SamplingConfig | None = None) -> ShapesReport:
     """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part.
 
-    `sampling` draws the pictures and the clips' frames (default: `text_to_image`'s, top-k 2048).
+    `sampling` draws the pictures and the clips' frames (default: `text_to_image`'s).
     """
     from emu3.pipelines.reconstruct import reconstruct
     from emu3.pipelines.text_to_image import DEFAULT_SAMPLING, default_prompts, text_to_image
@@ -66,9 +67,10 @@ def add_parser(sub) -> None:
     shapes.add_argument("--questions", type=int, default=200, help="questions (0: skip)")
     shapes.add_argument("--videos", type=int, default=20, help="clips to continue (0: skip)")
     shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    shapes.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
     shapes.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of pictures and clips")
-    shapes.add_argument("--top-k", type=int, default=2048, help="sampling top-k of pictures and clips (default 2048)")
+    shapes.add_argument("--top-k", type=int, default=TOP_K,
+                        help=f"sampling top-k of pictures and clips (default {TOP_K})")
     shapes.add_argument("--split", default="heldout", help="heldout (default) or train compositions")
     shapes.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     shapes.set_defaults(run=cmd_eval_shapes)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from emu3.compact_vocab import CompactTokenizer
+from emu3.defaults import GUIDANCE_SCALE, TOP_K
 from emu3.generation import SamplingConfig
 from emu3.generation.constraints import image_token_count
 from emu3.generation.engine import StepFn, generate_images
@@ -23,7 +24,7 @@ from emu3.generation.memory import check_fits, plan_generation
 from emu3.pipelines.loading import Emu3
 from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT, generation_prompt, grid_for_ratio, parse_image
 
-DEFAULT_SAMPLING = SamplingConfig(top_k=2048)
+DEFAULT_SAMPLING = SamplingConfig(top_k=TOP_K)
 
 
 def default_prompts(m: Emu3) -> tuple[str, str]:
@@ -48,7 +49,7 @@ def text_to_image(
     *,
     ratio: str = "1:1",
     image_area: int | None = None,
-    cfg: float = 3.0,
+    cfg: float = GUIDANCE_SCALE,
     positive_prompt: str = POSITIVE_PROMPT,
     negative_prompt: str = NEGATIVE_PROMPT,
     sampling: SamplingConfig = DEFAULT_SAMPLING,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from emu3.defaults import GUIDANCE_SCALE
 from emu3.generation import SamplingConfig
 from emu3.generation.constraints import image_token_count
 from emu3.generation.engine import generate_images
@@ -81,7 +82,7 @@ def generate_video(
     *,
     context_frames: Sequence[Image.Image] = (),
     num_frames: int,
-    cfg: float = 3.0,
+    cfg: float = GUIDANCE_SCALE,
     sampling: SamplingConfig = DEFAULT_SAMPLING,
     seed: int | None = None,
     progress: Progress | None = None,

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from emu3.defaults import GUIDANCE_SCALE, TOP_K
 from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT
 
 
@@ -32,11 +33,11 @@ class ImageRequest(_Request):
     response_format: Literal["b64_json"] = Field("b64_json", description="only b64_json: the server keeps no files")
     negative_prompt: str = Field(NEGATIVE_PROMPT, description="what guidance steers away from")
     positive_prompt: str = Field(POSITIVE_PROMPT, description="suffix appended to the prompt")
-    cfg: float = Field(3.0, gt=0, le=100, description="classifier-free guidance scale")
+    cfg: float = Field(GUIDANCE_SCALE, gt=0, le=100, description="classifier-free guidance scale")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="image i of the request uses seed + i")
     greedy: bool = Field(False, description="take the most likely token instead of sampling")
     temperature: float = Field(1.0, gt=0, le=10)
-    top_k: int | None = Field(2048, ge=1)
+    top_k: int | None = Field(TOP_K, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
     stream: bool = Field(False, description="answer with server-sent events: progress, partial images, results")
     model: str | None = Field(None, description="accepted and ignored: the server serves one model")

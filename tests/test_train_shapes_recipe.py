@@ -11,7 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3", "--heldout-clips", "1",
         "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--layers", "1",
-        "--lm-steps", "2", "--lm-batch", "2",
+        "--lm-steps", "2", "--lm-batch", "2", "--more-images", "2", "--more-vqa", "1", "--more-videos", "1",
+        "--more-steps", "2",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -25,6 +26,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"images", "answers", "videos", "tokenizer"} <= set(figures)
     assert (tmp_path / "bundle" / "model" / "config.json").is_file()
+    assert (tmp_path / "lm-more" / "export" / "model" / "config.json").is_file()  # the continue stage ran
+    assert len((tmp_path / "data2" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
     pictures = [json.loads(line) for line in (tmp_path / "pictures" / "manifest.jsonl").read_text().splitlines()]

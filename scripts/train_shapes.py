@@ -30,7 +30,7 @@ With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
 The defaults take about five hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, LM 96 min, more data
-10 min, continue about 95 min; figures in benchmarks/RESULTS.md); on a GPU, raise the step counts
+10 min, continue 85 min; figures in benchmarks/RESULTS.md); on a GPU, raise the step counts
 (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 --lm-batch 64`).
 """
 

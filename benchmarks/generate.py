@@ -19,6 +19,7 @@ import time
 import torch
 
 from emu3.config import lm_preset
+from emu3.defaults import GUIDANCE_SCALE, TOP_K
 from emu3.generation import SamplingConfig
 from emu3.generation.engine import compiled_step, generate_images
 from emu3.model import Transformer
@@ -51,7 +52,7 @@ def build(args) -> Transformer:
 
 def run_ours(model, args) -> dict:
     h, w = args.grid
-    sampling = SamplingConfig(top_k=2048)
+    sampling = SamplingConfig(top_k=TOP_K)
     forwards = 0
     step = compiled_step(model) if args.compile else model.hidden
 
@@ -107,7 +108,7 @@ def run_transformers(model, args) -> dict:
 
     total = h * (w + 1) + 3
     ids = torch.tensor([PROMPT] * args.batch, device=args.device)
-    kwargs = dict(max_new_tokens=total, do_sample=True, top_k=2048, guidance_scale=args.cfg,
+    kwargs = dict(max_new_tokens=total, do_sample=True, top_k=TOP_K, guidance_scale=args.cfg,
                   negative_prompt_ids=torch.tensor([NEGATIVE] * args.batch, device=args.device),
                   prefix_allowed_tokens_fn=allowed, attention_mask=torch.ones_like(ids), pad_token_id=EMU3.pad,
                   eos_token_id=EMU3.eos)
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--grid", type=int, nargs=2, default=(16, 16), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)")
     p.add_argument("--compare-transformers", action="store_true")

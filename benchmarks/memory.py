@@ -16,6 +16,7 @@ import sys
 import torch
 
 from emu3.config import lm_preset
+from emu3.defaults import GUIDANCE_SCALE, TOP_K
 from emu3.generation import SamplingConfig
 from emu3.generation.engine import generate_images
 from emu3.generation.memory import plan_generation
@@ -51,8 +52,8 @@ def measure(args) -> dict:
     with torch.device(device):
         model = Transformer(cfg).to(dtype).eval()
     generate_images(model, [prompt] * args.batch, [(h, w)] * args.batch, vocab=EMU3,
-                    sampling=SamplingConfig(top_k=2048), negative_prompts=[prompt] * args.batch, cfg_scale=3.0,
-                    seeds=list(range(args.batch)), draft_len=args.draft_len)
+                    sampling=SamplingConfig(top_k=TOP_K), negative_prompts=[prompt] * args.batch,
+                    cfg_scale=GUIDANCE_SCALE, seeds=list(range(args.batch)), draft_len=args.draft_len)
     if device.type == "cuda":
         measured = torch.cuda.max_memory_allocated(device)
     else:

@@ -20,6 +20,7 @@ import time
 import torch
 
 from emu3.bundled import model_or_bundled
+from emu3.defaults import GUIDANCE_SCALE
 from emu3.eval.shapes import evaluate_shapes
 from emu3.pipelines import Emu3
 from emu3.pipelines.text_to_image import default_prompts, text_to_image
@@ -46,7 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="LM folder (default: the bundled Shapes model)")
     p.add_argument("--prompts", type=int, default=40)
-    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speculative", type=int, nargs="*", default=[4, 8, 16], help="draft lengths to measure")
     p.add_argument("--quantize", nargs="*", default=["int8"], help="quantized modes to measure (int8, fp8)")

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from emu3.defaults import GUIDANCE_SCALE
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BPE = REPO.parent / "shared" / "fixtures" / "emu3-tiny-original" / "Emu3-tiny" / "emu3.tiktoken"
 ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
@@ -58,14 +60,19 @@ def emu3(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def stage_data(work: Path, a: argparse.Namespace) -> Path:
+def write_training_data(folder: Path, images: int, vqa: int, videos: int, seed: int) -> Path:
+    """Scenes of the training compositions (captioned pictures, pictures with 5 questions, clips) in `folder`."""
     from emu3.datasets.shapes import write_dataset
 
-    manifest = work / "data" / "manifest.jsonl"
+    manifest = folder / "manifest.jsonl"
     if not manifest.is_file():
-        write_dataset(work / "data", n_images=a.images, n_vqa=a.vqa, n_videos=a.videos, seed=a.seed, image_size=64,
+        write_dataset(folder, n_images=images, n_vqa=vqa, n_videos=videos, seed=seed, image_size=64,
                       questions_per_image=5)
     return manifest
+
+
+def stage_data(work: Path, a: argparse.Namespace) -> Path:
+    return write_training_data(work / "data", a.images, a.vqa, a.videos, a.seed)
 
 
 def stage_pictures(work: Path, data: Path, a: argparse.Namespace) -> Path:
@@ -159,39 +166,31 @@ def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argpa
     return out
 
 
-def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Path:
-    """Train the LM of folder `base` on `data` from scratch."""
-    out = work / "lm"
+def train_lm(out: Path, model: Path, data: list[Path], steps: int, lr: str, a: argparse.Namespace,
+             *extra: str) -> Path:
+    """`emu3 train` of the LM folder `model` on `data` into `out` (resumed when interrupted); its export."""
     if not (out / "export" / "model" / "config.json").is_file():
-        emu3("train", "--model", str(base), "--init", "--data", str(data), "-o", str(out),
-             "--max-steps", str(a.lm_steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
-             "--lr", "2e-3", "--min-lr", "1e-4", "--warmup-steps", "100", "--null-prompt-prob", "0.1",
+        emu3("train", "--model", str(model), *extra, "--data", *map(str, data), "-o", str(out),
+             "--max-steps", str(steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
+             "--lr", lr, "--min-lr", "1e-4", "--warmup-steps", "100", "--null-prompt-prob", "0.1",
              "--save-every", "200", "--log-every", "10", "--export-dtype", "bf16", "--device", a.device,
              *resume(out), "--quiet")
     return out / "export"
+
+
+def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Path:
+    """Train the LM of folder `base` on `data` from scratch."""
+    return train_lm(work / "lm", base, [data], a.lm_steps, "2e-3", a, "--init")
 
 
 def stage_more_data(work: Path, a: argparse.Namespace) -> Path:
     """Fresh scenes of the training compositions for the continue stage (seed + 2: seed + 1 drew held-out pictures)."""
-    from emu3.datasets.shapes import write_dataset
-
-    manifest = work / "data2" / "manifest.jsonl"
-    if not manifest.is_file():
-        write_dataset(work / "data2", n_images=a.more_images, n_vqa=a.more_vqa, n_videos=a.more_videos,
-                      seed=a.seed + 2, image_size=64, questions_per_image=5)
-    return manifest
+    return write_training_data(work / "data2", a.more_images, a.more_vqa, a.more_videos, a.seed + 2)
 
 
 def stage_continue(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
     """Go on training the LM of `lm_export` on all of `data` with a fresh, lower learning-rate schedule."""
-    out = work / "lm-more"
-    if not (out / "export" / "model" / "config.json").is_file():
-        emu3("train", "--model", str(lm_export / "model"), "--data", *map(str, data), "-o", str(out),
-             "--max-steps", str(a.more_steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
-             "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "100", "--null-prompt-prob", "0.1",
-             "--save-every", "200", "--log-every", "10", "--export-dtype", "bf16", "--device", a.device,
-             *resume(out), "--quiet")
-    return out / "export"
+    return train_lm(work / "lm-more", lm_export / "model", data, a.more_steps, "1e-3", a)
 
 
 def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
@@ -260,7 +259,7 @@ def main() -> None:
     p.add_argument("--more-vqa", type=int, default=8000, help="pictures with 5 questions of the more-data stage")
     p.add_argument("--more-videos", type=int, default=1000, help="clips of the more-data stage")
     p.add_argument("--more-steps", type=int, default=7000, help="LM steps of the continue stage (0: no such stage)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale at evaluation")
+    p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
     p.add_argument("--eval-videos", type=int, default=20)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, seed: int = 0,
-                   cfg: float = GUIDANCE_SCALE, split: str = "heldout", sampling: SamplingConfig | None = None) -> ShapesReport:
+                   cfg: float = GUIDANCE_SCALE, split: str = "heldout",
+                   sampling: SamplingConfig | None = None) -> ShapesReport:
     """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part.
 
     `sampling` draws the pictures and the clips' frames (default: `text_to_image`'s).

@@ -139,6 +139,25 @@ def test_autoencoder_warmup_then_kmeans_codebook_on_crops(tmp_path, capsys):
     assert processor.max_pixels == 32 * 32  # inference keeps the full resolution, not the crop
 
 
+def test_train_vq_on_several_manifests(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    for name, count in (("a", 3), ("b", 2)):
+        (tmp_path / name).mkdir()
+        lines = []
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+            lines.append(json.dumps({"image": f"{i}.png"}))
+        (tmp_path / name / "m.jsonl").write_text("\n".join(lines + [json.dumps({"image": "missing.png"})]) + "\n")
+    argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(tmp_path / "a" / "m.jsonl"),
+            str(tmp_path / "b" / "m.jsonl"), "-o", str(tmp_path / "run"), "--resolution", "16",
+            "--micro-batch-size", "5", "--max-steps", "1", "--quiet", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["records"] == 3 + 2 and out["tokens"] == 5 * 4  # one batch of every picture of both manifests
+    assert [(s["manifest"], s["line"]) for s in out["skipped_records"]] == [
+        (str(tmp_path / "a" / "m.jsonl"), 4), (str(tmp_path / "b" / "m.jsonl"), 3)]
+
+
 def test_codebook_initialisation_puts_codes_on_latents(emu3_fixture):
     vq, _ = load_vision_tokenizer(emu3_fixture / "Emu3-VisionTokenizer-tiny")
     cfg = VQTrainConfig(data="m.jsonl", output="o", preset="tiny", init=True)

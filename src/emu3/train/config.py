@@ -135,7 +135,8 @@ class SFTConfig(LoopConfig):
 class VQTrainConfig(LoopConfig):
     """Training or fine-tuning the vision tokenizer (VQ autoencoder)."""
 
-    data: str = opt("", "JSONL manifest of images / videos / frame lists (captions are ignored)")
+    data: list[str] = opt([], "JSONL manifests of images / videos / frame lists (captions are ignored); "
+                              "several are trained on as one set")
     vision_tokenizer: str | None = opt(None, "vision-tokenizer folder to fine-tune")
     preset: str | None = opt(None, "build the tokenizer from a preset instead (tiny, emu3-vq; needs --init)")
     init: bool = opt(False, "random initialisation instead of the --vision-tokenizer weights")
@@ -167,8 +168,9 @@ class VQTrainConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.data:
-            raise ValueError("no training data: give --data MANIFEST.jsonl")
+        self.data = [self.data] if isinstance(self.data, str) else list(self.data)  # a recipe may name one
+        if not self.data or not all(self.data):
+            raise ValueError("no training data: give --data MANIFEST.jsonl [MORE.jsonl ...]")
         if (self.vision_tokenizer is None) == (self.preset is None):
             raise ValueError("give exactly one of --vision-tokenizer DIR (fine-tune) or --preset NAME --init")
         if self.preset is not None and not self.init:

@@ -170,7 +170,8 @@ class Media:
         try:
             frames = self._frames(record)
         except (OSError, ValueError, ImportError) as exc:
-            raise ValueError(f"manifest line {record.line}: {exc}") from exc
+            media = record.image or record.video or record.frames[0]
+            raise ValueError(f"manifest line {record.line} ({media}): {exc}") from exc
         t = self.num_frames
         start = int(rng.integers(0, max(1, len(frames) - t + 1)))
         frames = frames[start:start + t]
@@ -233,7 +234,7 @@ class VQTask:
                 "codebook_usage_run": float(self.seen.sum()) / self.codebook_size, "perplexity": math.exp(entropy)}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"data": str(Path(self.cfg.data).resolve()), "records": len(self.media.records),
+        return {"data": [str(Path(m).resolve()) for m in self.cfg.data], "records": len(self.media.records),
                 "global_batch": self.plan.layout.global_batch, "seed": self.cfg.seed,
                 "resolution": self.cfg.resolution, "crop": self.cfg.crop, "num_frames": self.cfg.num_frames,
                 "autoencoder_steps": self.cfg.autoencoder_steps}
@@ -265,6 +266,16 @@ def read_media(manifest: str) -> tuple[list[Record], list[dict[str, Any]]]:
             skipped.append({"line": line, "reason": exc.reason, "message": str(exc)})
     if not records:
         raise ValueError(f"no usable record in {manifest} ({len(skipped)} skipped: {skipped[:3]})")
+    return records, skipped
+
+
+def read_manifests(manifests: list[str]) -> tuple[list[Record], list[dict[str, Any]]]:
+    """`read_media` of each manifest, records in order; each skipped entry names its manifest."""
+    records, skipped = [], []
+    for manifest in manifests:
+        usable, dropped = read_media(manifest)
+        records += usable
+        skipped += [{"manifest": str(manifest), **entry} for entry in dropped]
     return records, skipped
 
 
@@ -311,7 +322,7 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
         if cfg.decoder_only:
             for part in (vq.encoder, vq.quant_conv, vq.quantize):
                 part.requires_grad_(False)
-        records, skipped = read_media(cfg.data)
+        records, skipped = read_manifests(cfg.data)
         module = distributed.shard(VQLoss(vq, cfg), [], info)
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
         plan = Plan(np.ones(len(records), dtype=np.int64), [np.arange(len(records))], [1.0], layout, seed=cfg.seed,

@@ -23,15 +23,17 @@ checkpoint, so running the command again goes on where it stopped):
                  from the same codes (the LM's data do not change)
   8. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), bf16 export
   9. more data   fresh scenes of the training compositions (another seed), prepared like stage 6
- 10. continue    `emu3 train` from stage 8's LM on both prepared sets: the LM had begun to learn its
-                 training scenes by heart (text-to-image loss 0.83 on them, 0.94 on fresh scenes)
+ 10. continue    `emu3 train` from the previous LM on every prepared set so far: the LM had begun to learn
+                 its training scenes by heart (text-to-image loss 0.83 on them, 0.94 on fresh scenes).
+                 Stages 9 and 10 repeat once per round (`--more-steps 7000 6000`: two rounds)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about five hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, LM 96 min, more data
-10 min, continue 85 min; figures in benchmarks/RESULTS.md); on a GPU, raise the step counts
-(`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 --lm-batch 64`).
+The defaults take about six and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, LM 96 min;
+round 1: more data 10 min, continue 85 min; round 2: more data 12 min, continue 78 min; figures in
+benchmarks/RESULTS.md); on a GPU, raise the step counts
+(`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 20000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -183,14 +185,18 @@ def stage_train(work: Path, base: Path, data: Path, a: argparse.Namespace) -> Pa
     return train_lm(work / "lm", base, [data], a.lm_steps, "2e-3", a, "--init")
 
 
-def stage_more_data(work: Path, a: argparse.Namespace) -> Path:
-    """Fresh scenes of the training compositions for the continue stage (seed + 2: seed + 1 drew held-out pictures)."""
-    return write_training_data(work / "data2", a.more_images, a.more_vqa, a.more_videos, a.seed + 2)
+def stage_more_data(work: Path, round_: int, a: argparse.Namespace) -> Path:
+    """Fresh scenes of the training compositions for continue round `round_` (1, 2, ...): folder
+    `data{round_ + 1}`, seed + 1 + round_ (seed + 1 drew the held-out pictures)."""
+    i = round_ - 1
+    return write_training_data(work / f"data{round_ + 1}", a.more_images[i], a.more_vqa[i], a.more_videos[i],
+                               a.seed + 1 + round_)
 
 
-def stage_continue(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
+def stage_continue(work: Path, round_: int, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
     """Go on training the LM of `lm_export` on all of `data` with a fresh, lower learning-rate schedule."""
-    return train_lm(work / "lm-more", lm_export / "model", data, a.more_steps, "1e-3", a)
+    out = work / ("lm-more" if round_ == 1 else f"lm-more{round_}")
+    return train_lm(out, lm_export / "model", data, a.more_steps[round_ - 1], "1e-3", a)
 
 
 def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
@@ -199,8 +205,8 @@ def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespac
     if not (out / "export" / "vision-tokenizer").is_dir():
         emu3("train-vq", "--data", str(pictures), "--vision-tokenizer", str(vq_dir), "--decoder-only",
              "--resolution", "64", "--recon-loss", "l2", "--micro-batch-size", "8", "--max-steps", str(a.decoder_steps),
-             "--lr", "1e-3", "--min-lr", "1e-4", "--betas", "0.9", "0.99", "--warmup-steps", "30", "--save-every", "500",
-             "--log-every", "20", "--device", a.device, *resume(out), "-o", str(out), "--quiet")
+             "--lr", "1e-3", "--min-lr", "1e-4", "--betas", "0.9", "0.99", "--warmup-steps", "30",
+             "--save-every", "500", "--log-every", "20", "--device", a.device, *resume(out), "-o", str(out), "--quiet")
     return out / "export" / "vision-tokenizer"
 
 
@@ -213,12 +219,16 @@ def stage_merge(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace)
 
 
 def stage_bundle(work: Path, lm_export: Path, vq_dir: Path) -> Path:
-    """The shippable pair: the trained LM beside the decoder-tuned vision tokenizer."""
+    """The shippable pair: the trained LM beside the decoder-tuned vision tokenizer (built again when the
+    LM or the tokenizer it was built from is not the one given, as after adding a continue round)."""
     bundle = work / "bundle"
-    if not (bundle / "model" / "config.json").is_file():
+    source = json.dumps({"model": str(lm_export / "model"), "vision-tokenizer": str(vq_dir)})
+    built = bundle / "source.json"
+    if not (bundle / "model" / "config.json").is_file() or not built.is_file() or built.read_text() != source:
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.copytree(lm_export / "model", bundle / "model")
         shutil.copytree(vq_dir, bundle / "vision-tokenizer")
+        built.write_text(source, encoding="utf-8")
     return bundle
 
 
@@ -255,16 +265,25 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--lm-steps", type=int, default=9000, help="LM steps from scratch")
     p.add_argument("--lm-batch", type=int, default=16)
-    p.add_argument("--more-images", type=int, default=20000, help="captioned pictures of the more-data stage")
-    p.add_argument("--more-vqa", type=int, default=8000, help="pictures with 5 questions of the more-data stage")
-    p.add_argument("--more-videos", type=int, default=1000, help="clips of the more-data stage")
-    p.add_argument("--more-steps", type=int, default=7000, help="LM steps of the continue stage (0: no such stage)")
+    p.add_argument("--more-steps", type=int, nargs="*", default=[7000, 6000],
+                   help="LM steps of each continue round (none: no such stage)")
+    p.add_argument("--more-images", type=int, nargs="+", default=[20000, 30000],
+                   help="captioned pictures of each round's more-data stage")
+    p.add_argument("--more-vqa", type=int, nargs="+", default=[8000, 10000],
+                   help="pictures with 5 questions of each round's more-data stage")
+    p.add_argument("--more-videos", type=int, nargs="+", default=[1000, 1000],
+                   help="clips of each round's more-data stage")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
     p.add_argument("--eval-videos", type=int, default=20)
     p.add_argument("--install", action="store_true", help="copy the export into the package's assets")
     a = p.parse_args()
+    rounds = len(a.more_steps)
+    if any(len(counts) != rounds for counts in (a.more_images, a.more_vqa, a.more_videos)):
+        p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
+    if any(steps <= 0 for steps in a.more_steps):
+        p.error("--more-steps: each continue round needs a positive number of steps")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)
     pictures = stage_pictures(a.work, data, a)
@@ -273,9 +292,11 @@ def main() -> None:
     tokenizer = stage_decoder(a.work, pictures, merged, a)
     prepared = stage_prepare(a.work, data, base, merged, a)
     lm_export = stage_train(a.work, base, prepared, a)
-    if a.more_steps > 0:
-        more = stage_prepare(a.work, stage_more_data(a.work, a), base, merged, a, name="prepared2")
-        lm_export = stage_continue(a.work, lm_export, [prepared, more], a)
+    sets = [prepared]
+    for round_ in range(1, rounds + 1):
+        sets.append(stage_prepare(a.work, stage_more_data(a.work, round_, a), base, merged, a,
+                                  name=f"prepared{round_ + 1}"))
+        lm_export = stage_continue(a.work, round_, lm_export, sets, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

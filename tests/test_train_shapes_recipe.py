@@ -11,8 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3", "--heldout-clips", "1",
         "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--layers", "1",
-        "--lm-steps", "2", "--lm-batch", "2", "--more-images", "2", "--more-vqa", "1", "--more-videos", "1",
-        "--more-steps", "2",
+        "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
+        "--more-vqa", "1", "1", "--more-videos", "1", "1",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -26,8 +26,15 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"images", "answers", "videos", "tokenizer"} <= set(figures)
     assert (tmp_path / "bundle" / "model" / "config.json").is_file()
-    assert (tmp_path / "lm-more" / "export" / "model" / "config.json").is_file()  # the continue stage ran
+    assert (tmp_path / "lm-more" / "export" / "model" / "config.json").is_file()  # both continue rounds ran
+    assert (tmp_path / "lm-more2" / "export" / "model" / "config.json").is_file()
     assert len((tmp_path / "data2" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1
+    assert len((tmp_path / "data3" / "manifest.jsonl").read_text().splitlines()) == 1 + 1 + 1
+    state = tmp_path / "lm-more2" / "checkpoints" / "step-00000002" / "trainer_state.json"
+    trained_on = [Path(folder).name for folder, _ in json.loads(state.read_text())["fingerprint"]["data"]]
+    assert trained_on == ["prepared", "prepared2", "prepared3"]  # round 2 trains on every prepared set so far
+    bundled = json.loads((tmp_path / "bundle" / "source.json").read_text())
+    assert bundled["model"] == str(tmp_path / "lm-more2" / "export" / "model")  # the last round's LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
     pictures = [json.loads(line) for line in (tmp_path / "pictures" / "manifest.jsonl").read_text().splitlines()]
@@ -42,3 +49,13 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "--resume" in resumed.stdout and (tmp_path / "lm" / "export" / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("counts", [["--more-steps", "2", "--more-images", "2", "1"],
+                                    ["--more-steps", "0", "--more-images", "1"]])
+def test_recipe_refuses_mismatched_rounds(tmp_path, counts):
+    cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *counts,
+           "--more-vqa", "1", "--more-videos", "1", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--more" in done.stderr
+    assert not (tmp_path / "w").exists()  # refused before any work

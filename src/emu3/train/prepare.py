@@ -86,12 +86,14 @@ class Encoder:
         return self.vq.encode(self.pixels(frames, True)[None])[0].cpu()  # (t, h, w)
 
 
-def build_example(record: Record, tok: Tokenizer | CompactTokenizer, enc: Encoder, cfg: PrepareConfig) -> examples.Example:
+def build_example(record: Record, tok: Tokenizer | CompactTokenizer, enc: Encoder,
+                  cfg: PrepareConfig) -> examples.Example:
     if record.task == "vqa":  # images to understand are processed as `emu3 chat` processes them
         codes = enc.images([load_image(record.image)], rescale=False)[0]
         return examples.chat(tok, [codes], [(t.question, t.answer) for t in record.turns], vocab=tok.vocab)
     if record.task == "t2i":
-        return examples.text_to_visual(tok, record.caption, [enc.images([load_image(record.image)])[0]], vocab=tok.vocab)
+        grid = enc.images([load_image(record.image)])[0]
+        return examples.text_to_visual(tok, record.caption, [grid], vocab=tok.vocab)
     frames = [load_image(p) for p in record.frames] if record.frames else load_frames(record.video)
     frames = frames[:: cfg.frame_stride][: cfg.max_frames]
     blocks = [enc.clip(frames)] if cfg.video_mode == "clip" else list(enc.images(frames))

@@ -1,0 +1,95 @@
+"""Where a vision tokenizer loses the Shapes world's pictures: its codebook or its autoencoder.
+
+    python benchmarks/tokenizer_ceiling.py                       # the bundled Shapes tokenizer
+    python benchmarks/tokenizer_ceiling.py --codebooks 1024 4096 --prompts 200
+
+ShapesEval's tokenizer row (PSNR and the round trip's claims on the ground-truth pictures of
+held-out prompts, seed 0), three ways: the tokenizer as it is; its encoder and decoder with a
+codebook of K entries fitted by k-means to the encoder's latents of `--pictures` fresh pictures
+(the codes of flat patches kept, so K - 11 go to edges); and no quantization at all (the decoder
+given the encoder's latents). When a bigger codebook scores no better than the tokenizer, codes are
+not what limits it; when the unquantized latents score no better either, the encoder and decoder
+are. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+
+import torch
+
+from emu3.bundled import vision_tokenizer_or_bundled
+from emu3.checkpoint import load_vision_tokenizer
+from emu3.datasets.shapes import write_dataset
+from emu3.eval.shapes import evaluate_shapes
+from emu3.pipelines.reconstruct import reconstruct
+from emu3.train.kmeans import kmeans
+from emu3.train.vq import read_media
+from emu3.vision.vq import VectorQuantizer
+
+
+def round_trip(roundtrip, prompts: int) -> dict:
+    scores = evaluate_shapes(reconstruct=roundtrip, n_prompts=prompts).tokenizer
+    return {"psnr_db": scores.psnr, "fully_right": scores.round_trip, "claims": scores.round_trip_claims,
+            "categories": scores.round_trip_categories}
+
+
+def latents(vq, processor, images) -> torch.Tensor:
+    """(N, E, h, w) pre-quantization latents of PIL images or paths."""
+    pixels = torch.stack(processor.preprocess(images))
+    return torch.cat([vq.latents(pixels[i:i + 256])[:, 0] for i in range(0, len(pixels), 256)])
+
+
+def refitted(vq, flat_codes: torch.Tensor, points: torch.Tensor, size: int) -> VectorQuantizer:
+    """A codebook of `size`: the `flat_codes` entries of `vq`, then k-means centres of `points` (N, E)."""
+    quantizer = VectorQuantizer(size, points.shape[1])
+    centres = kmeans(points, size - len(flat_codes), generator=torch.Generator().manual_seed(0))
+    quantizer.embedding.weight.copy_(torch.cat([vq.quantize.embedding.weight[flat_codes], centres]))
+    return quantizer
+
+
+def unquantized(vq, processor):
+    """A round trip that skips the codebook: the decoder is given the encoder's latents."""
+    def run(image):
+        zq = vq.latents(torch.stack(processor.preprocess([image])))  # (1, 1, E, h, w)
+        z = vq.post_quant_conv(zq.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
+        z, zq = vq.decoder.temporal(z, zq)
+        return processor.postprocess(vq.decoder.spatial(z[:, 0], zq[:, 0]))[0]
+    return run
+
+
+@torch.inference_mode()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vision-tokenizer", help="tokenizer folder (default: the bundled one)")
+    p.add_argument("--codebooks", type=int, nargs="*", default=[1024, 4096], help="codebook sizes to fit")
+    p.add_argument("--pictures", type=int, default=3000, help="fresh pictures the codebooks are fitted to")
+    p.add_argument("--prompts", type=int, default=200, help="held-out ShapesEval prompts scored")
+    a = p.parse_args()
+    folder = vision_tokenizer_or_bundled(a.vision_tokenizer)
+    vq, processor = load_vision_tokenizer(folder)
+    as_is = vq.quantize
+    report = {"vision_tokenizer": str(folder), "pictures": a.pictures, "prompts": a.prompts,
+              "as_is": round_trip(lambda im: reconstruct(vq, processor, [im]).frames[0], a.prompts)}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = write_dataset(tmp, n_images=a.pictures, seed=5, image_size=64)
+        points = latents(vq, processor, [r.image for r in read_media(str(manifest))[0]])
+    points = points.permute(0, 2, 3, 1).reshape(-1, points.shape[1])  # (patches, E)
+    codes = as_is(points[:, None, :, None, None]).flatten()
+    canonical = as_is.canonical
+    flat_codes = canonical[canonical != torch.arange(len(canonical))].unique()  # the merged flat colors
+    edges = points[~torch.isin(codes, flat_codes)]
+    report["edge_patches"] = len(edges)
+    for size in a.codebooks:
+        vq.quantize, vq.config = refitted(vq, flat_codes, edges, size), dataclasses.replace(vq.config,
+                                                                                              codebook_size=size)
+        report[f"codebook_{size}"] = round_trip(lambda im: reconstruct(vq, processor, [im]).frames[0], a.prompts)
+    report["unquantized"] = round_trip(unquantized(vq, processor), a.prompts)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

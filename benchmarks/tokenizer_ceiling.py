@@ -43,11 +43,14 @@ def latents(vq, processor, images) -> torch.Tensor:
     return torch.cat([vq.latents(pixels[i:i + 256])[:, 0] for i in range(0, len(pixels), 256)])
 
 
-def refitted(vq, flat_codes: torch.Tensor, points: torch.Tensor, size: int) -> VectorQuantizer:
-    """A codebook of `size`: the `flat_codes` entries of `vq`, then k-means centres of `points` (N, E)."""
+def refitted(codebook: torch.Tensor, flat_codes: torch.Tensor, points: torch.Tensor, size: int) -> VectorQuantizer:
+    """A codebook of `size`: the `flat_codes` rows of `codebook`, then k-means centres of `points` (N, E)."""
+    if size <= len(flat_codes) or size - len(flat_codes) > len(points):
+        raise SystemExit(f"--codebooks {size}: need more than the {len(flat_codes)} flat codes and at most "
+                         f"{len(flat_codes) + len(points)} (the edge patches found); use more --pictures")
     quantizer = VectorQuantizer(size, points.shape[1])
     centres = kmeans(points, size - len(flat_codes), generator=torch.Generator().manual_seed(0))
-    quantizer.embedding.weight.copy_(torch.cat([vq.quantize.embedding.weight[flat_codes], centres]))
+    quantizer.embedding.weight.copy_(torch.cat([codebook[flat_codes], centres]))
     return quantizer
 
 
@@ -84,8 +87,8 @@ def main() -> None:
     edges = points[~torch.isin(codes, flat_codes)]
     report["edge_patches"] = len(edges)
     for size in a.codebooks:
-        vq.quantize, vq.config = refitted(vq, flat_codes, edges, size), dataclasses.replace(vq.config,
-                                                                                              codebook_size=size)
+        vq.quantize = refitted(as_is.embedding.weight, flat_codes, edges, size)
+        vq.config = dataclasses.replace(vq.config, codebook_size=size)  # decode checks codes against it
         report[f"codebook_{size}"] = round_trip(lambda im: reconstruct(vq, processor, [im]).frames[0], a.prompts)
     report["unquantized"] = round_trip(unquantized(vq, processor), a.prompts)
     print(json.dumps(report, indent=2))

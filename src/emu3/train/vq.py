@@ -234,7 +234,9 @@ class VQTask:
                 "codebook_usage_run": float(self.seen.sum()) / self.codebook_size, "perplexity": math.exp(entropy)}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"data": [str(Path(m).resolve()) for m in self.cfg.data], "records": len(self.media.records),
+        data = [str(Path(m).resolve()) for m in self.cfg.data]
+        # one manifest stays a string, as before several were allowed: those runs still resume
+        return {"data": data[0] if len(data) == 1 else data, "records": len(self.media.records),
                 "global_batch": self.plan.layout.global_batch, "seed": self.cfg.seed,
                 "resolution": self.cfg.resolution, "crop": self.cfg.crop, "num_frames": self.cfg.num_frames,
                 "autoencoder_steps": self.cfg.autoencoder_steps}

@@ -57,10 +57,8 @@ def refitted(codebook: torch.Tensor, flat_codes: torch.Tensor, points: torch.Ten
 def unquantized(vq, processor):
     """A round trip that skips the codebook: the decoder is given the encoder's latents."""
     def run(image):
-        zq = vq.latents(torch.stack(processor.preprocess([image])))  # (1, 1, E, h, w)
-        z = vq.post_quant_conv(zq.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
-        z, zq = vq.decoder.temporal(z, zq)
-        return processor.postprocess(vq.decoder.spatial(z[:, 0], zq[:, 0]))[0]
+        pixels = torch.stack(processor.preprocess([image]))
+        return processor.postprocess(vq.decode_vectors(vq.latents(pixels), image=True))[0]
     return run
 
 
@@ -75,8 +73,12 @@ def main() -> None:
     folder = vision_tokenizer_or_bundled(a.vision_tokenizer)
     vq, processor = load_vision_tokenizer(folder)
     as_is = vq.quantize
+
+    def through_codes(image):  # with whichever codebook `vq` has at the time
+        return reconstruct(vq, processor, [image]).frames[0]
+
     report = {"vision_tokenizer": str(folder), "pictures": a.pictures, "prompts": a.prompts,
-              "as_is": round_trip(lambda im: reconstruct(vq, processor, [im]).frames[0], a.prompts)}
+              "as_is": round_trip(through_codes, a.prompts)}
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_dataset(tmp, n_images=a.pictures, seed=5, image_size=64)
         points = latents(vq, processor, [r.image for r in read_media(str(manifest))[0]])
@@ -89,7 +91,7 @@ def main() -> None:
     for size in a.codebooks:
         vq.quantize = refitted(as_is.embedding.weight, flat_codes, edges, size)
         vq.config = dataclasses.replace(vq.config, codebook_size=size)  # decode checks codes against it
-        report[f"codebook_{size}"] = round_trip(lambda im: reconstruct(vq, processor, [im]).frames[0], a.prompts)
+        report[f"codebook_{size}"] = round_trip(through_codes, a.prompts)
     report["unquantized"] = round_trip(unquantized(vq, processor), a.prompts)
     print(json.dumps(report, indent=2))
 

@@ -76,12 +76,7 @@ class VQLoss(nn.Module):
 
     def decode(self, zq: torch.Tensor, image: bool) -> torch.Tensor:
         """Codebook vectors (B, t, E, h, w) -> (B, 3, H, W) frame 0 for images, (B, 4t, 3, H, W) for clips."""
-        vq = self.vq
-        z = vq.post_quant_conv(zq.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
-        if image:
-            z, zq = vq.decoder.temporal(z, zq)
-            return vq.decoder.spatial(z[:, 0], zq[:, 0])
-        return vq.decoder(z, zq).unflatten(0, (zq.shape[0], -1))
+        return self.vq.decode_vectors(zq, image)
 
     @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:

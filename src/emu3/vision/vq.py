@@ -309,13 +309,17 @@ class VisionTokenizer(nn.Module):
         is_image = codes.ndim == 3
         grid = codes.unsqueeze(1) if is_image else codes  # (B, t, h, w)
         grid = grid.to(device=self.quantize.embedding.weight.device, dtype=torch.long)
-        zq = self.quantize.lookup(grid)  # (B, t, E, h, w)
+        return self.decode_vectors(self.quantize.lookup(grid), is_image)
+
+    def decode_vectors(self, zq: torch.Tensor, image: bool) -> torch.Tensor:
+        """Codebook-space vectors (B, t, E, h, w) -> (B, 3, 8h, 8w) frame 0 when `image`, else (B, 4t, 3, 8h, 8w)
+        frames: `decode` after the codebook lookup (training decodes its straight-through vectors with it)."""
         z = self.post_quant_conv(zq.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)  # (B, t, z, h, w)
-        if is_image:  # only frame 0 is returned for an image, so only frame 0 runs the 2-D decoder
+        if image:  # only frame 0 is returned for an image, so only frame 0 runs the 2-D decoder
             z, zq = self.decoder.temporal(z, zq)  # (B, 4, ., h, w) each
             return self.decoder.spatial(z[:, 0], zq[:, 0])  # (B, 3, 8h, 8w)
         frames = self.decoder(z, zq)  # (B*4t, 3, 8h, 8w)
-        return frames.unflatten(0, (grid.shape[0], grid.shape[1] * self.temporal_factor))  # (B, 4t, 3, 8h, 8w)
+        return frames.unflatten(0, (zq.shape[0], zq.shape[1] * self.temporal_factor))  # (B, 4t, 3, 8h, 8w)
 
 
 __all__ = ["Encoder", "Decoder", "VectorQuantizer", "VisionTokenizer"]

@@ -76,7 +76,8 @@ def run_ours(model, args) -> dict:
     seconds = min(times)
     tokens = sum(len(o) for o in out)
     return {"tokens_per_s": tokens / seconds, "seconds_per_image": seconds / args.batch,
-            "seconds_per_batch": seconds, "forwards_per_image": forwards + 1,  # one prefill + decode steps, each for the whole batch
+            # one prefill, then the decode steps, each for the whole batch
+            "seconds_per_batch": seconds, "forwards_per_image": forwards + 1,
             "tokens_per_image": tokens / args.batch}
 
 

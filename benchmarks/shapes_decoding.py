@@ -39,8 +39,9 @@ def run_mode(m: Emu3, *, prompts: int, cfg: float, draft_len: int, seed: int) ->
         return result.images[0]
 
     report = evaluate_shapes(generate=generate, n_prompts=prompts, seed=seed)
-    return {"score": report.images.overall, "claims": report.images.claims, "forwards_per_image": sum(forwards) / len(forwards),
-            "tokens_per_forward": sum(tokens) / sum(forwards), "seconds_per_image": sum(seconds) / len(seconds)}
+    return {"score": report.images.overall, "claims": report.images.claims,
+            "forwards_per_image": sum(forwards) / len(forwards), "tokens_per_forward": sum(tokens) / sum(forwards),
+            "seconds_per_image": sum(seconds) / len(seconds)}
 
 
 def main() -> None:

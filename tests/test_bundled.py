@@ -45,8 +45,9 @@ def test_bundled_model_follows_the_prompt(tmp_path):
     views = [analyze(text_to_image(m, p, seed=i, positive_prompt="", negative_prompt="").images[0])
              for i, p in enumerate(prompts)]
     holds = [[sum(c.holds(view) for c in cs) / len(cs) for cs in claims] for view in views]
-    own = sum(holds[i][i] for i in range(len(prompts))) / len(prompts)
-    others = sum(holds[i][j] for i in range(len(prompts)) for j in range(len(prompts)) if i != j) / (len(prompts) * (len(prompts) - 1))
+    n = len(prompts)
+    own = sum(holds[i][i] for i in range(n)) / n
+    others = sum(holds[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
     assert own >= others + 0.2, (own, others)
 
 

@@ -21,30 +21,32 @@ GRID = torch.tensor([[0, 1, 2], [3, 4, 131071]])
 IMG = ("<|image start|>2*3<|image token|><|visual token 000000|><|visual token 000001|><|visual token 000002|>"
        "<|extra_200|><|visual token 000003|><|visual token 000004|><|visual token 131071|><|image end|>")
 IMG_IDS = [151852, 17, 9, 18, 151851, 151854, 151855, 151856, 151846, 151857, 151858, 282925, 151853]
-HOWTO = "<|extra_203|>You are a helpful assistant for howto task. Please generate a response with interleaved text and images."
+SYSTEM = "<|extra_203|>You are a helpful assistant"
+ASSISTANT = "ASSISTANT: <|extra_100|>"
+HOWTO = f"{SYSTEM} for howto task. Please generate a response with interleaved text and images."
 
 GOLDEN = {
     "t2i": ("a red cat", False,
-            "<|extra_203|>You are a helpful assistant for t2i task. USER: a red cat ASSISTANT: <|extra_100|>",
+            f"{SYSTEM} for t2i task. USER: a red cat {ASSISTANT}",
             [151849, 2610, 525, 264, 10950, 17847, 369, 259, 17, 72, 3383, 13, 13872, 25, 264, 2518, 8251, 35560,
              3846, 2821, 25, 220, 151746]),
     "x2i": ("make the sky green", True,
-            f"<|extra_203|>You are a helpful assistant for x2i task. USER: {IMG}make the sky green ASSISTANT: <|extra_100|>",
+            f"{SYSTEM} for x2i task. USER: {IMG}make the sky green {ASSISTANT}",
             [151849, 2610, 525, 264, 10950, 17847, 369, 856, 17, 72, 3383, 13, 13872, 25, 220, *IMG_IDS, 6927, 279,
              12884, 6176, 35560, 3846, 2821, 25, 220, 151746]),
-    "howto": ("fix it", True, f"{HOWTO} USER: fix it{IMG} ASSISTANT: <|extra_100|>",
+    "howto": ("fix it", True, f"{HOWTO} USER: fix it{IMG} {ASSISTANT}",
               [151849, 2610, 525, 264, 10950, 17847, 369, 1246, 983, 3383, 13, 5209, 6923, 264, 2033, 448, 94968,
                4141, 1467, 323, 5335, 13, 13872, 25, 5046, 432, *IMG_IDS, 35560, 3846, 2821, 25, 220, 151746]),
     "story": ("a fox and a crow", False,
-              "<|extra_203|>You are a helpful assistant for story task. USER: a fox and a crow ASSISTANT: <|extra_100|>",
+              f"{SYSTEM} for story task. USER: a fox and a crow {ASSISTANT}",
               [151849, 2610, 525, 264, 10950, 17847, 369, 3364, 3383, 13, 13872, 25, 264, 38835, 323, 264, 9276,
                35560, 3846, 2821, 25, 220, 151746]),
     "explore": ("a forest walk", False,
-                "<|extra_203|>You are a helpful assistant for explore task. USER: a forest walk ASSISTANT: <|extra_100|>",
+                f"{SYSTEM} for explore task. USER: a forest walk {ASSISTANT}",
                 [151849, 2610, 525, 264, 10950, 17847, 369, 13186, 3383, 13, 13872, 25, 264, 13638, 4227, 35560, 3846,
                  2821, 25, 220, 151746]),
     "vla": ("stack the cups", True,
-            f"<|extra_203|>You are a helpful assistant for vla task. USER: stack the cups{IMG} ASSISTANT: <|extra_100|>",
+            f"{SYSTEM} for vla task. USER: stack the cups{IMG} {ASSISTANT}",
             [151849, 2610, 525, 264, 10950, 17847, 369, 348, 4260, 3383, 13, 13872, 25, 5611, 279, 25374, *IMG_IDS,
              35560, 3846, 2821, 25, 220, 151746]),
 }
@@ -80,7 +82,7 @@ def test_howto_steps_phrase(tok):
               1467, 323, 5335, 13, 13872, 25, 22544, 16002, 5209, 3410, 220, 18, 7354, 369, 279, 3383, 13, 35560, 3846,
               2821, 25, 220, 151746]
     assert ids == golden
-    assert decode_all(tok, golden) == f"{HOWTO} USER: bake bread Please provide 3 steps for the task. ASSISTANT: <|extra_100|>"
+    assert decode_all(tok, golden) == f"{HOWTO} USER: bake bread Please provide 3 steps for the task. {ASSISTANT}"
     with pytest.raises(ValueError, match="steps"):
         howto_question("x", 0)
 
@@ -88,10 +90,11 @@ def test_howto_steps_phrase(tok):
 def test_unconditional_and_chat_prompts(tok):
     plain = [151849, 2610, 525, 264, 10950, 17847, 13, 13872, 25, 220, 35560, 3846, 2821, 25, 220, 151746]
     assert uncond_prompt(tok) == plain
-    assert decode_all(tok, plain) == "<|extra_203|>You are a helpful assistant. USER:  ASSISTANT: <|extra_100|>"
-    with_image = [151849, 2610, 525, 264, 10950, 17847, 13, 13872, 25, 220, *IMG_IDS, 35560, 3846, 2821, 25, 220, 151746]
+    assert decode_all(tok, plain) == f"{SYSTEM}. USER:  {ASSISTANT}"
+    with_image = [151849, 2610, 525, 264, 10950, 17847, 13, 13872, 25, 220, *IMG_IDS, 35560, 3846, 2821, 25, 220,
+                  151746]
     assert uncond_prompt(tok, [GRID]) == with_image
-    assert decode_all(tok, with_image) == f"<|extra_203|>You are a helpful assistant. USER: {IMG} ASSISTANT: <|extra_100|>"
+    assert decode_all(tok, with_image) == f"{SYSTEM}. USER: {IMG} {ASSISTANT}"
     chat = [151849, 2610, 525, 264, 10950, 17847, 13, 13872, 25, 220, *IMG_IDS, 12555, 374, 432, 30, 35560, 3846, 2821,
             25, 220, 151746]
     assert chat_prompt(tok, "what is it?", [GRID]) == chat
@@ -128,7 +131,8 @@ def test_aspect_ratio_presets():
     assert image_grid("1:1") == (64, 64) and image_grid("default") == image_grid("4:3") == (55, 73)
     assert all(image_grid(r) == g for r, g in ASPECT_RATIOS.items())
     assert image_grid("auto") is None
-    assert image_grid("16:9", 256 * 256) == (12, 21) and image_grid("1:1", 64 * 64) == (4, 4) and image_grid("21:9", 1) == (1, 1)
+    assert image_grid("16:9", 256 * 256) == (12, 21) and image_grid("1:1", 64 * 64) == (4, 4)
+    assert image_grid("21:9", 1) == (1, 1)
     with pytest.raises(ValueError, match="unknown aspect ratio"):
         image_grid("5:4")
 
@@ -139,12 +143,14 @@ def test_responses_split_into_text_thoughts_and_images(tok, header):
            + [m.boc] + tok.encode("a fox") + [m.eoc] + IMG_IDS + tok.encode(" The end.") + [m.ess, EMU35.eos])
     segments = parse_response(ids, tok, header)
     assert [s.kind for s in segments] == [GLOBAL_COT, TEXT, IMAGE_COT, IMAGE, TEXT]
-    assert [s.text for s in segments if s.kind != IMAGE] == ["plan the story", "Once upon a time.", "a fox", " The end."]
+    texts = [s.text for s in segments if s.kind != IMAGE]
+    assert texts == ["plan the story", "Once upon a time.", "a fox", " The end."]
     assert torch.equal(segments[3].grid, GRID)
     # An image cut short is dropped, the text before it kept; an unclosed thought reads as text.
     cut = parse_response(tok.encode("Hi") + IMG_IDS[:7], tok, header)
     assert [(s.kind, s.text) for s in cut] == [(TEXT, "Hi")]
-    assert [(s.kind, s.text) for s in parse_response([m.boc] + tok.encode("dangling"), tok, header)] == [(TEXT, "dangling")]
+    dangling = parse_response([m.boc] + tok.encode("dangling"), tok, header)
+    assert [(s.kind, s.text) for s in dangling] == [(TEXT, "dangling")]
 
 
 def test_result_json_and_viewer(tok, header, tmp_path):

@@ -62,7 +62,8 @@ def resolve(path: str | os.PathLike) -> Path:
         try:
             return Path(snapshot_download(text))
         except Exception as exc:  # offline, unknown repo, ...: say so plainly
-            raise CheckpointError(f"{text!r} is not a local folder and could not be fetched from the hub: {exc}") from exc
+            raise CheckpointError(f"{text!r} is not a local folder and could not be fetched from the hub: "
+                                  f"{exc}") from exc
     raise CheckpointError(f"checkpoint folder {folder} does not exist")
 
 

@@ -9,9 +9,10 @@ image markers) and renumbers the ids it uses:
     T .. T+7        pad, eol, eof, bos, eos, img, boi, eoi (the order of `CONTROLS`)
     T+8 ..          the visual codes 0 .. codebook_size-1
 
-`load_tokenizer` picks the right tokenizer for a folder. `CompactTokenizer` speaks compact ids with the interface of `Tokenizer`, and its `vocab` is the
-matching `emu3.vocab.Vocab`, so prompting, generation and training work unchanged. This module does
-not choose which texts make the table (the caller passes its corpus) and holds no model.
+`load_tokenizer` picks the right tokenizer for a folder. `CompactTokenizer` speaks compact ids with
+the interface of `Tokenizer`, and its `vocab` is the matching `emu3.vocab.Vocab`, so prompting,
+generation and training work unchanged. This module does not choose which texts make the table (the
+caller passes its corpus) and holds no model.
 """
 
 from __future__ import annotations

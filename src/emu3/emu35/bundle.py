@@ -57,7 +57,8 @@ class Emu35:
         family = checkpoint.detect_family(folder)
         if family != checkpoint.EMU35_FAMILY:
             raise checkpoint.CheckpointError(f"{folder} is an {family} checkpoint, not Emu3.5")
-        ibq_folder = checkpoint.resolve(vision_tokenizer) if vision_tokenizer is not None else checkpoint.find_ibq(folder)
+        ibq_folder = (checkpoint.resolve(vision_tokenizer) if vision_tokenizer is not None
+                      else checkpoint.find_ibq(folder))
         lm = checkpoint.load_lm(folder, dtype=dtype, device=device)
         if quantize is not None:
             from emu3.quantize import quantize_lm

@@ -43,7 +43,8 @@ class Segment:
 def parse_response(ids: Sequence[int], tokenizer: Tokenizer, header: SizeHeader, vocab: Vocab = EMU35,
                    markers: Emu35Markers = EMU35_MARKERS) -> list[Segment]:
     """The segments of generated ids, in order (images as code grids, not yet decoded)."""
-    spans = {markers.bog: (markers.eog, GLOBAL_COT), markers.boc: (markers.eoc, IMAGE_COT), vocab.boi: (vocab.eoi, IMAGE)}
+    spans = {markers.bog: (markers.eog, GLOBAL_COT), markers.boc: (markers.eoc, IMAGE_COT),
+             vocab.boi: (vocab.eoi, IMAGE)}
     ids = [int(t) for t in ids if t not in (markers.ess, vocab.eos)]
     segments: list[Segment] = []
     pending: list[int] = []

@@ -27,7 +27,8 @@ _THOUGHTS = {"global_cot": "Global thinking", "image_cot": "Image thinking"}
 def render_html(data: dict) -> str:
     """The page for one result dictionary (see `InterleavedResult.to_dict`)."""
     task = escape(str(data.get("task", "")))
-    parts = [f"<h1>Emu3.5 · {task}</h1>", f'<p class="text"><strong>Prompt:</strong> {escape(data.get("prompt", ""))}</p>']
+    prompt = escape(data.get("prompt", ""))
+    parts = [f"<h1>Emu3.5 · {task}</h1>", f'<p class="text"><strong>Prompt:</strong> {prompt}</p>']
     refs = data.get("reference_images") or []
     if refs:
         imgs = "".join(f'<img src="{escape(p, quote=True)}" alt="reference {i}">' for i, p in enumerate(refs))

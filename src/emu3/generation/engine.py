@@ -66,8 +66,9 @@ class ImageBatch:
         lengths = grid.num_tokens().tolist()
         cache = KVCache.for_model(model, ids.shape[0], ids.shape[1] + max(lengths) + extra_slots)
         cache.pad_offsets = offsets
+        visual_head = model.lm_head.weight[vocab.visual_base:vocab.visual_end]
         return cls(model, vocab, sampling, batch, guided, cfg_scale, ids, cache, grid, lengths,
-                   seeded_generators(seeds, batch, sampling, device), model.lm_head.weight[vocab.visual_base:vocab.visual_end])
+                   seeded_generators(seeds, batch, sampling, device), visual_head)
 
     @property
     def device(self) -> torch.device:

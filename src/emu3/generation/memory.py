@@ -37,7 +37,8 @@ class MemoryPlan:
 
 def lm_weight_bytes(cfg: LMConfig, dtype: torch.dtype) -> int:
     """Bytes of an unquantized LM's parameters."""
-    h, q, kv, i = cfg.hidden_size, cfg.num_heads * cfg.head_size, cfg.num_kv_heads * cfg.head_size, cfg.intermediate_size
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * cfg.head_size, cfg.num_kv_heads * cfg.head_size
     per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * cfg.head_size if cfg.qk_norm else 0)
     params = 2 * cfg.vocab_size * h + cfg.num_layers * per_layer + h
     return params * torch.finfo(dtype).bits // 8

@@ -148,7 +148,8 @@ def stage_base(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) 
     codebook = checkpoint.load_vision_tokenizer(vq_dir)[0].config.codebook_size
     tok = CompactTokenizer.build(Tokenizer.from_dir(staging), corpus(manifest) + [SYSTEM_PROMPT], codebook)
     cfg = lm_preset("small", vocab_size=tok.vocab_size, pad_token_id=tok.vocab.pad, max_position_embeddings=2048,
-                    num_layers=a.layers, image_area=64 * 64)
+                    num_layers=a.layers, hidden_size=a.hidden, intermediate_size=3 * a.hidden,
+                    image_area=64 * 64)
     with torch.device("meta"):
         lm = Transformer(cfg)
     lm.to_empty(device="cpu")
@@ -262,7 +263,8 @@ def main() -> None:
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4, help="LM layers")
+    p.add_argument("--hidden", type=int, default=256, help="LM width (8 heads, 2 kv heads; MLP 3x as wide)")
     p.add_argument("--lm-steps", type=int, default=9000, help="LM steps from scratch")
     p.add_argument("--lm-batch", type=int, default=16)
     p.add_argument("--more-steps", type=int, nargs="*", default=[7000, 6000],

@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3", "--heldout-clips", "1",
         "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--layers", "1",
+        "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
         "--more-vqa", "1", "1", "--more-videos", "1", "1",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
@@ -25,7 +26,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert first.returncode == 0, first.stderr[-2000:]
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"images", "answers", "videos", "tokenizer"} <= set(figures)
-    assert (tmp_path / "bundle" / "model" / "config.json").is_file()
+    shipped = json.loads((tmp_path / "bundle" / "model" / "config.json").read_text())
+    assert (shipped["num_hidden_layers"], shipped["hidden_size"], shipped["intermediate_size"]) == (1, 64, 192)
     assert (tmp_path / "lm-more" / "export" / "model" / "config.json").is_file()  # both continue rounds ran
     assert (tmp_path / "lm-more2" / "export" / "model" / "config.json").is_file()
     assert len((tmp_path / "data2" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1

@@ -57,6 +57,8 @@ class LoopConfig:
     dtype: str = opt("auto", "compute dtype under autocast: bf16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
     tensorboard: bool = opt(False, "also log to TensorBoard (needs the tensorboard package)")
     quiet: bool = opt(False, "no progress bar")
+    export_dtype: str = opt("fp32", "dtype of the exported model weights: fp32 or bf16 (a vision tokenizer's "
+                                    "decoder side only: its encoder and codebook stay fp32 so that codes do not move)")
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -79,6 +81,8 @@ class LoopConfig:
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.dtype in ("auto", "bf16", "bfloat16", "fp32", "float32"),
              f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
+            (self.export_dtype in ("fp32", "float32", "bf16", "bfloat16"),
+             f"export_dtype must be fp32 or bf16, got {self.export_dtype!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -108,7 +112,6 @@ class SFTConfig(LoopConfig):
     lora_dropout: float = opt(0.05, "dropout on the LoRA branch input")
     lora_targets: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                   "linear layers that get LoRA adapters")
-    export_dtype: str = opt("fp32", "dtype of the exported model weights: fp32 or bf16")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,8 +130,6 @@ class SFTConfig(LoopConfig):
         if self.lora_rank < 0 or not 0 <= self.lora_dropout < 1 or (self.lora_rank and not self.lora_targets):
             raise ValueError(f"bad LoRA settings: rank {self.lora_rank}, dropout {self.lora_dropout}, "
                              f"targets {self.lora_targets}")
-        if self.export_dtype not in ("fp32", "float32", "bf16", "bfloat16"):
-            raise ValueError(f"export_dtype must be fp32 or bf16, got {self.export_dtype!r}")
 
 
 @dataclass
@@ -140,6 +141,9 @@ class VQTrainConfig(LoopConfig):
     vision_tokenizer: str | None = opt(None, "vision-tokenizer folder to fine-tune")
     preset: str | None = opt(None, "build the tokenizer from a preset instead (tiny, emu3-vq; needs --init)")
     init: bool = opt(False, "random initialisation instead of the --vision-tokenizer weights")
+    add_res_blocks: int = opt(0, "grow the loaded tokenizer by N residual blocks per level, new blocks starting "
+                                 "as the identity (emu3.train.deepen): with --decoder-only, a bigger decoder "
+                                 "for the same codes")
     resolution: int = opt(256, "square training crop size in pixels (a multiple of the spatial factor)")
     crop: int = opt(0, "train on random square crops of this side cut from the --resolution square (cheaper "
                        "steps; the tokenizer is convolutional), a multiple of the spatial factor (0: no crop)")
@@ -188,6 +192,9 @@ class VQTrainConfig(LoopConfig):
                              "autoencoder_steps and restart_dead_codes")
         if self.autoencoder_steps < 0:
             raise ValueError(f"autoencoder_steps must be >= 0, got {self.autoencoder_steps}")
+        if self.add_res_blocks < 0 or (self.add_res_blocks and (self.init or self.vision_tokenizer is None)):
+            raise ValueError(f"add_res_blocks ({self.add_res_blocks}) grows the weights of --vision-tokenizer: "
+                             "it must be >= 0 and excludes --init and --preset")
 
 
 @dataclass

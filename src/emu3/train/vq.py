@@ -15,7 +15,8 @@ collapses onto a few codes without it; the restarts are per process, so use them
 step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
 with `crop`, samples are random crops of the resolution square. `decoder_only` trains the decoder
 side alone, so the codes of data already tokenized (and a language model trained on them) stay
-valid; it keeps the tokenizer's code aliases (`emu3 merge-codes`), which other training drops. No
+valid; it keeps the tokenizer's code aliases (`emu3 merge-codes`), which other training drops; with
+`add_res_blocks` the loaded tokenizer first grows identity residual blocks (emu3.train.deepen). No
 adversarial term is implemented. The result is saved in the official VQ folder layout.
 """
 
@@ -36,6 +37,7 @@ from emu3.config import vq_preset
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import VQTrainConfig
+from emu3.train.deepen import deepen
 from emu3.train.kmeans import kmeans
 from emu3.train.loop import StepCallback, fit
 from emu3.train.manifest import Record, RecordError, parse_record, read_lines
@@ -290,19 +292,20 @@ def build_tokenizer(cfg: VQTrainConfig) -> tuple[VisionTokenizer, ImageProcessor
         vq = VisionTokenizer(vq.config)
     elif not cfg.decoder_only:  # code aliases describe the loaded encoder and codebook, which will change
         vq.quantize.set_aliases(None)
-    return vq, processor
+    return deepen(vq, cfg.add_res_blocks, cfg.seed), processor
 
 
-def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: ImageProcessor, dest: Path) -> Path:
-    """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`."""
+def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: ImageProcessor, dest: Path,
+            dtype: str) -> Path:
+    """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`, weights in `dtype`."""
     state = {k[len("vq."):]: v for k, v in state.items() if k.startswith("vq.")}
-    return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases())
+    return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases(), dtype)
 
 
 def export_checkpoint(folder: Path, dest: Path, cfg: VQTrainConfig) -> Path:
     """Export the tokenizer of checkpoint `folder` (trained with `cfg`) to `dest/vision-tokenizer`."""
     vq, processor = build_tokenizer(cfg)
-    return _export(load_file(str(folder / "model.safetensors")), vq, processor, dest / export.VQ_DIR)
+    return _export(load_file(str(folder / "model.safetensors")), vq, processor, dest / export.VQ_DIR, cfg.export_dtype)
 
 
 def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
@@ -332,7 +335,7 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
                    "skipped_records": skipped, "world_size": info.world_size}
         if info.is_main and cfg.save:
             dest = Path(cfg.output) / "export" / export.VQ_DIR
-            summary["export"] = str(_export(result.model_state, vq, processor, dest))
+            summary["export"] = str(_export(result.model_state, vq, processor, dest, cfg.export_dtype))
         distributed.barrier(info)
         return summary
     finally:

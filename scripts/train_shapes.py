@@ -21,6 +21,9 @@ checkpoint, so running the command again goes on where it stopped):
                  frames 0, 2, 4, 6, one image block each)
   7. decoder     `emu3 train-vq --decoder-only` of the merged tokenizer on whole pictures: sharper pictures
                  from the same codes (the LM's data do not change)
+ 7b. grow        the same with `--add-res-blocks 1` (emu3.train.deepen): one more residual block per
+                 level, new blocks starting as the identity, so the codes still do not change; the
+                 decoder side is stored in bf16 (`--export-dtype bf16`) to keep the bundle under 25 MB
   8. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), bf16 export
   9. more data   fresh scenes of the training compositions (another seed), prepared like stage 6
  10. continue    `emu3 train` from the previous LM on every prepared set so far: the LM had begun to learn
@@ -30,7 +33,8 @@ checkpoint, so running the command again goes on where it stopped):
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about six and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, LM 96 min;
+The defaults take about seven and three-quarter hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+grown decoder 74 min, LM 96 min;
 round 1: more data 10 min, continue 85 min; round 2: more data 12 min, continue 78 min; figures in
 benchmarks/RESULTS.md); on a GPU, raise the step counts
 (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 20000 --lm-batch 64`).
@@ -211,6 +215,20 @@ def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespac
     return out / "export" / "vision-tokenizer"
 
 
+def stage_grow(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    """A deeper decoder for the same codes: `--add-res-blocks` identity blocks, then decoder-only training."""
+    out = work / "vq-grown"
+    if not a.grow_steps:
+        return vq_dir
+    if not (out / "export" / "vision-tokenizer").is_dir():
+        emu3("train-vq", "--data", str(pictures), "--vision-tokenizer", str(vq_dir), "--decoder-only",
+             "--add-res-blocks", str(a.grow_blocks), "--export-dtype", "bf16", "--resolution", "64",
+             "--recon-loss", "l2", "--micro-batch-size", str(a.grow_batch), "--max-steps", str(a.grow_steps),
+             "--lr", "3e-4", "--min-lr", "3e-5", "--betas", "0.9", "0.99", "--warmup-steps", "30",
+             "--save-every", "500", "--log-every", "20", "--device", a.device, *resume(out), "-o", str(out), "--quiet")
+    return out / "export" / "vision-tokenizer"
+
+
 def stage_merge(work: Path, manifest: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
     out = work / "vq-merged"
     if not (out / "config.json").is_file():
@@ -263,6 +281,10 @@ def main() -> None:
     p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
+    p.add_argument("--grow-blocks", type=int, default=1, help="residual blocks per level the grow stage adds")
+    p.add_argument("--grow-steps", type=int, default=4000,
+                   help="decoder-only steps after growing (0: no grow stage)")
+    p.add_argument("--grow-batch", type=int, default=16, help="whole pictures per grow step")
     p.add_argument("--layers", type=int, default=4, help="LM layers")
     p.add_argument("--hidden", type=int, default=256, help="LM width (8 heads, 2 kv heads; MLP 3x as wide)")
     p.add_argument("--lm-steps", type=int, default=9000, help="LM steps from scratch")
@@ -291,7 +313,7 @@ def main() -> None:
     pictures = stage_pictures(a.work, data, a)
     merged = stage_merge(a.work, data, stage_vq(a.work, pictures, a), a)
     base = stage_base(a.work, data, merged, a)
-    tokenizer = stage_decoder(a.work, pictures, merged, a)
+    tokenizer = stage_grow(a.work, pictures, stage_decoder(a.work, pictures, merged, a), a)
     prepared = stage_prepare(a.work, data, base, merged, a)
     lm_export = stage_train(a.work, base, prepared, a)
     sets = [prepared]

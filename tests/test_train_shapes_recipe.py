@@ -10,8 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3", "--heldout-clips", "1",
-        "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1", "--layers", "1",
-        "--hidden", "64",
+        "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1",
+        "--grow-steps", "1", "--grow-batch", "2", "--layers", "1", "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
         "--more-vqa", "1", "1", "--more-videos", "1", "1",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
@@ -39,6 +39,10 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert bundled["model"] == str(tmp_path / "lm-more2" / "export" / "model")  # the last round's LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
+    assert bundled["vision-tokenizer"] == str(tmp_path / "vq-grown" / "export" / "vision-tokenizer")
+    grown = json.loads((tmp_path / "bundle" / "vision-tokenizer" / "config.json").read_text())
+    merged = json.loads((tmp_path / "vq-merged" / "config.json").read_text())
+    assert grown["num_res_blocks"] == merged["num_res_blocks"] + 1  # the grow stage's deeper decoder is shipped
     pictures = [json.loads(line) for line in (tmp_path / "pictures" / "manifest.jsonl").read_text().splitlines()]
     assert len(pictures) == 11 + 4  # the data's pictures and clips, then the held-out ones
     assert all((tmp_path / "pictures" / p).is_file() for r in pictures for p in r.get("frames", [r.get("image")]))

@@ -9,7 +9,9 @@ codebook of K entries fitted by k-means to the encoder's latents of `--pictures`
 (the codes of flat patches kept, so K - 11 go to edges); and no quantization at all (the decoder
 given the encoder's latents). When a bigger codebook scores no better than the tokenizer, codes are
 not what limits it; when the unquantized latents score no better either, the encoder and decoder
-are. Prints one JSON object.
+are. Each row also splits the error by place: PSNR within `EDGE_REACH` pixels of a color change of
+the true picture and elsewhere, and the share of the squared error that lies near edges. Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 
+import numpy as np
 import torch
 
 from emu3.bundled import vision_tokenizer_or_bundled
@@ -31,10 +35,54 @@ from emu3.train.vq import read_media
 from emu3.vision.vq import VectorQuantizer
 
 
+EDGE_REACH = 2  # pixels: how far from a color change a pixel counts as near an edge
+
+
+def near_edges(picture: np.ndarray, reach: int = EDGE_REACH) -> np.ndarray:
+    """(H, W) mask of the pixels within `reach` (chessboard distance) of a color change of `picture` (H, W, 3)."""
+    mask = np.zeros(picture.shape[:2], bool)
+    rows, cols = (picture[1:] != picture[:-1]).any(-1), (picture[:, 1:] != picture[:, :-1]).any(-1)
+    mask[1:] |= rows
+    mask[:-1] |= rows
+    mask[:, 1:] |= cols
+    mask[:, :-1] |= cols
+    for _ in range(reach):
+        padded = np.pad(mask, 1)
+        mask = np.max([padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
+                       for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    return mask
+
+
+def error_by_place(pairs) -> dict:
+    """PSNR near edges and elsewhere, and the edges' share of the squared error, over (truth, copy) pictures."""
+    sums = {True: [0.0, 0], False: [0.0, 0]}  # near an edge -> [squared error, pixels]
+    for truth, copy in pairs:
+        a = np.asarray(truth.convert("RGB"), np.float64)
+        b = np.asarray(copy.convert("RGB").resize(truth.size), np.float64)
+        error, edges = ((a - b) ** 2).mean(-1), near_edges(a)
+        for place in (True, False):
+            sums[place][0] += float(error[edges == place].sum())
+            sums[place][1] += int((edges == place).sum())
+
+    def psnr(place: bool) -> float:
+        total, n = sums[place]
+        return 10 * math.log10(255**2 / max(total / max(n, 1), 1e-10))
+    total = sums[True][0] + sums[False][0]
+    return {"psnr_edges_db": psnr(True), "psnr_elsewhere_db": psnr(False),
+            "edge_pixels": sums[True][1] / max(sums[True][1] + sums[False][1], 1),
+            "edge_error_share": sums[True][0] / total if total else 0.0}
+
+
 def round_trip(roundtrip, prompts: int) -> dict:
-    scores = evaluate_shapes(reconstruct=roundtrip, n_prompts=prompts).tokenizer
+    pairs = []
+
+    def recorded(image):
+        copy = roundtrip(image)
+        pairs.append((image, copy))
+        return copy
+    scores = evaluate_shapes(reconstruct=recorded, n_prompts=prompts).tokenizer
     return {"psnr_db": scores.psnr, "fully_right": scores.round_trip, "claims": scores.round_trip_claims,
-            "categories": scores.round_trip_categories}
+            "categories": scores.round_trip_categories, **error_by_place(pairs)}
 
 
 def latents(vq, processor, images) -> torch.Tensor:

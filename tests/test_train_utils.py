@@ -4,6 +4,8 @@ slower than 1 thread by orders of magnitude for these tiny matrices)."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,20 @@ def base_model(folder: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     model.init_weights(0.02, torch.Generator().manual_seed(seed))
     save_lm(model, folder)
     return folder
+
+
+def test_atomic_writes_give_files_the_mode_open_would(tmp_path):
+    """safetensors creates 0o600 files; an export must stay readable by the other users of a machine."""
+    from safetensors.torch import save_file
+
+    from emu3.train import atomic
+
+    old = os.umask(0o022)
+    try:
+        path = atomic.write_file(tmp_path / "a.safetensors", lambda p: save_file({"x": torch.zeros(1)}, str(p)))
+        with atomic.staged_dir(tmp_path / "folder") as tmp:
+            save_file({"x": torch.zeros(1)}, str(tmp / "b.safetensors"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder" / "b.safetensors").stat().st_mode) == 0o644

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from emu3.config import IBQConfig, LMConfig, VQConfig
+from emu3.train import atomic
 from emu3.model.transformer import Transformer
 from emu3.vocab import EMU3, EMU35
 
@@ -195,15 +196,9 @@ def save_lm(model: Transformer, folder: str | os.PathLike, *, extra_config: dict
     if cfg.head_dim is not None:
         config["head_dim"] = cfg.head_dim
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(folder / SAFETENSORS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic.write_file(folder / SAFETENSORS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic.write_file(folder / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return folder
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def find_vision_tokenizer(lm_folder: Path) -> Path:

@@ -3,7 +3,9 @@
 `write_file` writes to a temporary name beside the target, fsyncs it, renames it over the target
 and fsyncs the folder. `staged_dir` does the same for a folder: the caller fills a temporary folder,
 which is fsynced and renamed into place only when the `with` block ends without an exception.
-Readers therefore never see a half-written shard, checkpoint or export. This module does not decide
+Readers therefore never see a half-written shard, checkpoint or export. Files get the mode `open()`
+would give them (0o666 less the umask) whatever their writer chose: safetensors writes 0o600, which
+would leave a model folder unreadable by the other users of a shared machine. This module does not decide
 what to write or when; it does not lock (one writer per path is the caller's rule).
 """
 
@@ -27,12 +29,20 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def open_mode(path: Path) -> None:
+    """Set `path`'s mode to what `open()` creates: 0o666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_file(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp_path)`, then fsync and rename the result to `path` (atomic on POSIX)."""
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     try:
         write(tmp)
+        open_mode(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:
@@ -63,6 +73,7 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         for item in tmp.rglob("*"):
             if item.is_file() and not item.is_symlink():
+                open_mode(item)
                 fsync_path(item)
         fsync_path(tmp)
         if final.exists() or final.is_symlink():

@@ -26,8 +26,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from emu3.config import IBQConfig, LMConfig, VQConfig
-from emu3.train import atomic
 from emu3.model.transformer import Transformer
+from emu3.train import atomic
 from emu3.vocab import EMU3, EMU35
 
 CONFIG = "config.json"

@@ -29,7 +29,8 @@ from emu3.vision import ImageProcessor
 TOKENIZER_FILES = ("emu3.tiktoken", "emu3_vision_tokens.txt", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "tokenizer.json", "special_tokens_map.json", "generation_config.json", "vocab_map.json")
 LM_DIR, VQ_DIR = "model", "vision-tokenizer"
-VQ_DECODER_SIDE = ("post_quant_conv.", "decoder.")  # what a vision tokenizer's export dtype applies to
+# A vision tokenizer's decoder side: what `--decoder-only` trains and what its export dtype applies to.
+VQ_DECODER_SIDE = ("post_quant_conv.", "decoder.")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
@@ -92,6 +93,7 @@ def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, process
     them the meaning of data tokenized before and of a language model trained on it."""
     config = {"model_type": checkpoint.VQ_MODEL_TYPE, "architectures": ["Emu3VisionVQModel"], "double_z": False,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
+
     def stored(key: str, tensor: torch.Tensor) -> torch.Tensor:
         if not tensor.is_floating_point():
             return tensor.detach().contiguous()

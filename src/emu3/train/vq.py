@@ -319,9 +319,9 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
                 raise ValueError(f"{name} {getattr(cfg, name)} must be a multiple of the spatial factor {f}")
         if cfg.autoencoder_steps and info.world_size > 1:
             raise ValueError("autoencoder_steps (the k-means codebook initialisation) runs on one process only")
-        if cfg.decoder_only:
-            for part in (vq.encoder, vq.quant_conv, vq.quantize):
-                part.requires_grad_(False)
+        if cfg.decoder_only:  # the encoder side and the codebook stay as loaded
+            for name, param in vq.named_parameters():
+                param.requires_grad_(name.startswith(export.VQ_DECODER_SIDE))
         records, skipped = read_manifests(cfg.data)
         module = distributed.shard(VQLoss(vq, cfg), [], info)
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)

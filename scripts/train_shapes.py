@@ -29,6 +29,9 @@ checkpoint, so running the command again goes on where it stopped):
  10. continue    `emu3 train` from the previous LM on every prepared set so far: the LM had begun to learn
                  its training scenes by heart (text-to-image loss 0.83 on them, 0.94 on fresh scenes).
                  Stages 9 and 10 repeat once per round (`--more-steps 7000 6000`: two rounds)
+10b. deepen      `emu3 train --add-layers` (emu3.train.deepen) on every prepared set: the LM grows new layers
+                 that start as the identity (copies of the layer before, their output projections zero),
+                 so it goes on from what it knows with more capacity (`--deepen-steps 0`: no such stage)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
@@ -204,6 +207,14 @@ def stage_continue(work: Path, round_: int, lm_export: Path, data: list[Path], a
     return train_lm(out, lm_export / "model", data, a.more_steps[round_ - 1], "1e-3", a)
 
 
+def stage_deepen(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
+    """A deeper LM: `--deepen-layers` identity layers added to the LM of `lm_export`, trained on all of `data`."""
+    if not a.deepen_steps:
+        return lm_export
+    return train_lm(work / "lm-deeper", lm_export / "model", data, a.deepen_steps, a.deepen_lr, a,
+                    "--add-layers", str(a.deepen_layers))
+
+
 def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
     """Fine-tune the tokenizer's decoder alone on whole pictures: the codes (and the LM's data) do not change."""
     out = work / "vq-decoder"
@@ -297,6 +308,9 @@ def main() -> None:
                    help="pictures with 5 questions of each round's more-data stage")
     p.add_argument("--more-videos", type=int, nargs="+", default=[1000, 1000],
                    help="clips of each round's more-data stage")
+    p.add_argument("--deepen-layers", type=int, default=4, help="decoder layers the deepen stage adds to the LM")
+    p.add_argument("--deepen-steps", type=int, default=0, help="steps of the deepen stage (0: none)")
+    p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -321,6 +335,7 @@ def main() -> None:
         sets.append(stage_prepare(a.work, stage_more_data(a.work, round_, a), base, merged, a,
                                   name=f"prepared{round_ + 1}"))
         lm_export = stage_continue(a.work, round_, lm_export, sets, a)
+    lm_export = stage_deepen(a.work, lm_export, sets, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

@@ -13,7 +13,7 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1",
         "--grow-steps", "1", "--grow-batch", "2", "--layers", "1", "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
-        "--more-vqa", "1", "1", "--more-videos", "1", "1",
+        "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -27,7 +27,7 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"images", "answers", "videos", "tokenizer"} <= set(figures)
     shipped = json.loads((tmp_path / "bundle" / "model" / "config.json").read_text())
-    assert (shipped["num_hidden_layers"], shipped["hidden_size"], shipped["intermediate_size"]) == (1, 64, 192)
+    assert (shipped["num_hidden_layers"], shipped["hidden_size"], shipped["intermediate_size"]) == (2, 64, 192)
     assert (tmp_path / "lm-more" / "export" / "model" / "config.json").is_file()  # both continue rounds ran
     assert (tmp_path / "lm-more2" / "export" / "model" / "config.json").is_file()
     assert len((tmp_path / "data2" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1
@@ -36,7 +36,9 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     trained_on = [Path(folder).name for folder, _ in json.loads(state.read_text())["fingerprint"]["data"]]
     assert trained_on == ["prepared", "prepared2", "prepared3"]  # round 2 trains on every prepared set so far
     bundled = json.loads((tmp_path / "bundle" / "source.json").read_text())
-    assert bundled["model"] == str(tmp_path / "lm-more2" / "export" / "model")  # the last round's LM is shipped
+    state = tmp_path / "lm-deeper" / "checkpoints" / "step-00000002" / "trainer_state.json"
+    assert [Path(folder).name for folder, _ in json.loads(state.read_text())["fingerprint"]["data"]] == trained_on
+    assert bundled["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # the deepened LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
     assert bundled["vision-tokenizer"] == str(tmp_path / "vq-grown" / "export" / "vision-tokenizer")

@@ -100,6 +100,8 @@ class SFTConfig(LoopConfig):
     model: str | None = opt(None, "base language-model folder (original or -hf layout)")
     preset: str | None = opt(None, "build the model from a preset instead (tiny, small, emu3-8b; needs --init)")
     init: bool = opt(False, "random initialisation (std 0.02) instead of the --model weights")
+    add_layers: int = opt(0, "grow the loaded model by N decoder layers, each new one a copy of the layer before "
+                             "it that starts as the identity (emu3.train.deepen): more capacity, same logits")
     vision_tokenizer: str | None = opt(None, "vision tokenizer to place beside the export (default: the data's)")
     null_prompt_prob: float = opt(0.05, "probability of dropping a caption (text-to-image/video), for guidance")
     max_seq_len: int = opt(0, "longest example kept, in tokens (0: the model's max_position_embeddings; "
@@ -123,6 +125,9 @@ class SFTConfig(LoopConfig):
             raise ValueError("give exactly one of --model DIR (fine-tune) or --preset NAME --init (from scratch)")
         if self.preset is not None and not self.init:
             raise ValueError(f"--preset {self.preset} has no weights: add --init to train it from scratch")
+        if self.add_layers < 0 or (self.add_layers and (self.init or self.model is None or self.lora_rank)):
+            raise ValueError(f"add_layers ({self.add_layers}) grows the weights of --model: it must be >= 0 and "
+                             "excludes --init, --preset and LoRA")
         if not 0 <= self.null_prompt_prob < 1:
             raise ValueError(f"null_prompt_prob must be in [0, 1), got {self.null_prompt_prob}")
         if self.max_seq_len < 0 or self.bucket_window < 0 or self.loss_chunk < 1:

@@ -1,6 +1,6 @@
-"""Function-preserving growth of a vision tokenizer: more residual blocks per level.
+"""Function-preserving growth of a trained model: more depth, computing at first exactly what it computed.
 
-`deepen(vq, extra)` returns a tokenizer with `num_res_blocks + extra` whose every new residual block
+Vision tokenizer: `deepen(vq, extra)` returns a tokenizer with `num_res_blocks + extra` whose every new residual block
 (and new attention block, at levels that have attention) starts as the identity: the last
 convolution of the residual branch (`conv2`, `proj_out` for attention) is zero, the rest random. The
 grown tokenizer therefore computes exactly what `vq` computes, codes included, and `emu3 train-vq
@@ -8,6 +8,13 @@ grown tokenizer therefore computes exactly what `vq` computes, codes included, a
 of data already tokenized (nor the language model trained on them). The encoder grows too (the config
 has one `num_res_blocks` for both sides, as in the official format), but its new blocks stay the
 identity when only the decoder trains.
+
+Language model: `deepen_lm(lm, extra)` returns an LM with `num_layers + extra` layers, the new ones
+spread evenly through the stack (`layer_plan`). Each new layer is a copy of the layer before it with
+the two projections that write into the residual stream (`o_proj`, `down_proj`) set to zero, as in
+LLaMA Pro's block expansion: the grown LM computes the same logits, its new layers start from weights
+that already read the stream well, and `emu3 train --add-layers N` continues from the trained model
+with more capacity instead of starting a bigger one from nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from emu3.model import Transformer
 from emu3.vision import VisionTokenizer
 from emu3.vision.layers import AttnBlock, ResnetBlock, ResnetTemporalBlock
 
@@ -47,3 +55,40 @@ def deepen(vq: VisionTokenizer, extra: int, seed: int = 0) -> VisionTokenizer:
             _zero_residual_branch(module)
     grown.quantize.set_aliases(vq.quantize.aliases())
     return grown.train(vq.training)
+
+
+# The projections of a decoder layer that write into the residual stream: zero makes the layer the identity.
+_RESIDUAL_WRITERS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def layer_plan(layers: int, extra: int) -> list[tuple[int, bool]]:
+    """For each layer of a stack of `layers` grown by `extra`: (the old layer it starts from, whether it
+    is a new identity copy). New layers follow old ones spread evenly, the last one after the last layer."""
+    if layers < 1 or extra < 0:
+        raise ValueError(f"cannot grow {layers} layers by {extra}: need layers >= 1 and extra >= 0")
+    copies = [0] * layers
+    for i in range(extra):
+        copies[-(-(i + 1) * layers // extra) - 1] += 1  # ceil((i + 1) * layers / extra) - 1
+    return [(old, new) for old in range(layers) for new in [False] + [True] * copies[old]]
+
+
+@torch.no_grad()
+def deepen_lm(lm: Transformer, extra: int) -> Transformer:
+    """`lm` with `extra` more decoder layers, computing the same function (see the module)."""
+    if extra == 0:
+        return lm
+    plan = layer_plan(lm.config.num_layers, extra)
+    state = lm.state_dict()
+    grown_state = {k: v for k, v in state.items() if not k.startswith("model.layers.")}
+    for index, (old, new) in enumerate(plan):
+        prefix = f"model.layers.{old}."
+        for key, value in state.items():
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                value = torch.zeros_like(value) if new and name in _RESIDUAL_WRITERS else value.clone()
+                grown_state[f"model.layers.{index}.{name}"] = value
+    with torch.device("meta"):
+        grown = Transformer(dataclasses.replace(lm.config, num_layers=len(plan)))
+    grown.load_state_dict(grown_state, strict=True, assign=True)
+    grown.gradient_checkpointing = lm.gradient_checkpointing
+    return grown.train(lm.training)

@@ -1,7 +1,8 @@
 """`emu3 train`: supervised fine-tuning (or training from scratch) of the Emu3 language model.
 
 The model comes from `--model DIR` (an official checkpoint; `--init` re-initialises it) or from a
-preset (`--preset tiny --init`), optionally with LoRA adapters. Data are folders written by
+preset (`--preset tiny --init`), optionally with LoRA adapters or grown by `--add-layers N` identity
+layers (emu3.train.deepen). Data are folders written by
 `emu3 prepare` (several make a weighted mixture of tasks). Each micro-batch is right-padded to its
 longest sequence; the loss is the next-token cross-entropy on the supervised positions only, summed
 and divided by the number of supervised tokens in the whole global batch. Only the supervised
@@ -32,6 +33,7 @@ from emu3.model import Transformer
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import SFTConfig
+from emu3.train.deepen import deepen_lm
 from emu3.train.loop import StepCallback, fit
 from emu3.train.lora import add_lora
 from emu3.train.prepare import lm_config
@@ -188,7 +190,7 @@ def build_model(cfg: SFTConfig) -> tuple[Transformer, LMConfig, Path | None]:
         model.to_empty(device="cpu")
         model.init_weights(0.02, torch.Generator().manual_seed(cfg.seed))
     else:
-        model = ckpt.load_lm(base, dtype=torch.float32, device="cpu")
+        model = deepen_lm(ckpt.load_lm(base, dtype=torch.float32, device="cpu"), cfg.add_layers)
     model.config = _with_context(model.config, cfg)
     return model, model.config, base
 
@@ -241,4 +243,5 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
 def export_checkpoint(folder: Path, dest: Path, cfg: SFTConfig) -> Path:
     """Export the model of LM checkpoint `folder` (trained with `cfg`) under `dest`; returns the LM folder."""
     lm_cfg, base = _base(cfg)
+    lm_cfg = dataclasses.replace(lm_cfg, num_layers=lm_cfg.num_layers + cfg.add_layers)
     return _export(cfg, load_file(str(folder / "model.safetensors")), _with_context(lm_cfg, cfg), base, dest)

@@ -183,8 +183,8 @@ def train_lm(out: Path, model: Path, data: list[Path], steps: int, lr: str, a: a
         emu3("train", "--model", str(model), *extra, "--data", *map(str, data), "-o", str(out),
              "--max-steps", str(steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
              "--lr", lr, "--min-lr", "1e-4", "--warmup-steps", "100", "--null-prompt-prob", "0.1",
-             "--save-every", "200", "--log-every", "10", "--export-dtype", "bf16", "--device", a.device,
-             *resume(out), "--quiet")
+             "--save-every", "200", "--log-every", "10", "--export-dtype", "bf16", "--no-gradient-checkpointing",
+             "--device", a.device, *resume(out), "--quiet")
     return out / "export"
 
 

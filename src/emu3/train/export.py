@@ -84,20 +84,38 @@ def processor_config(processor: ImageProcessor) -> dict:
     }
 
 
+def identity_blocks(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """Key prefixes of the residual and attention blocks of `state` whose branch is zero (the last
+    convolution, `conv2` or `proj_out`, all zeros): blocks that compute the identity whatever their other
+    weights hold, as those `emu3.train.deepen` adds to an encoder that does not train."""
+    found = []
+    for key, tensor in state.items():
+        for last in ("conv2.weight", "proj_out.weight"):
+            if key.endswith("." + last):
+                prefix = key[: -len(last)]
+                bias = state.get(prefix + last.replace("weight", "bias"))
+                if not tensor.any() and (bias is None or not bias.any()):
+                    found.append(prefix)
+    return tuple(found)
+
+
 def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, processor: ImageProcessor,
                           folder: Path, aliases: torch.Tensor | None = None, dtype: str = "fp32") -> Path:
     """Write a vision tokenizer in the official layout (loadable by `checkpoint.load_vision_tokenizer`),
     with `code_aliases.json` when `aliases` (a code -> canonical code table) is given. `dtype` is that
     of the decoder side (`post_quant_conv`, `decoder`); the encoder side and the codebook stay fp32,
     since rounding them would move codes (bf16 moves about 0.4% of the Shapes tokenizer's) and with
-    them the meaning of data tokenized before and of a language model trained on it."""
+    them the meaning of data tokenized before and of a language model trained on it; only the encoder's
+    identity blocks (`identity_blocks`), whose weights cannot reach a code, are stored in `dtype` too."""
     config = {"model_type": checkpoint.VQ_MODEL_TYPE, "architectures": ["Emu3VisionVQModel"], "double_z": False,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
+
+    rounded = VQ_DECODER_SIDE + identity_blocks(state)
 
     def stored(key: str, tensor: torch.Tensor) -> torch.Tensor:
         if not tensor.is_floating_point():
             return tensor.detach().contiguous()
-        return tensor.detach().to(DTYPES[dtype] if key.startswith(VQ_DECODER_SIDE) else torch.float32).contiguous()
+        return tensor.detach().to(DTYPES[dtype] if key.startswith(rounded) else torch.float32).contiguous()
 
     tensors = {k: stored(k, v) for k, v in state.items()}
     with atomic.staged_dir(folder) as tmp:

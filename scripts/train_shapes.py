@@ -208,10 +208,20 @@ def stage_continue(work: Path, round_: int, lm_export: Path, data: list[Path], a
 
 
 def stage_deepen(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
-    """A deeper LM: `--deepen-layers` identity layers added to the LM of `lm_export`, trained on all of `data`."""
+    """A deeper LM: `--deepen-layers` identity layers added to the LM of `lm_export`, trained on all of `data`.
+    Its folder records what it grew from; a run asking for another source (a new continue round, another
+    layer count) stops instead of shipping the old one."""
     if not a.deepen_steps:
         return lm_export
-    return train_lm(work / "lm-deeper", lm_export / "model", data, a.deepen_steps, a.deepen_lr, a,
+    out = work / "lm-deeper"
+    source = {"model": str(lm_export / "model"), "layers": a.deepen_layers, "data": [str(d) for d in data]}
+    record = out / "source.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != source:
+        sys.exit(f"{out} was grown from {record.read_text(encoding='utf-8').strip()}, not {json.dumps(source)}: "
+                 "remove that folder to deepen again")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(source) + "\n", encoding="utf-8")
+    return train_lm(out, lm_export / "model", data, a.deepen_steps, a.deepen_lr, a,
                     "--add-layers", str(a.deepen_layers))
 
 

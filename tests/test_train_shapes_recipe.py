@@ -53,6 +53,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ " not in again.stdout  # every training stage was already done: no command ran again
+    other = subprocess.run([*cmd, "--deepen-layers", "2"], capture_output=True, text=True, timeout=600)
+    assert other.returncode == 1 and "remove that folder to deepen again" in other.stderr  # not the old LM shipped
     shutil.rmtree(tmp_path / "lm" / "export")  # as if the LM stage had stopped after its last checkpoint
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

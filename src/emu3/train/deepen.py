@@ -74,7 +74,9 @@ def layer_plan(layers: int, extra: int) -> list[tuple[int, bool]]:
 
 @torch.no_grad()
 def deepen_lm(lm: Transformer, extra: int) -> Transformer:
-    """`lm` with `extra` more decoder layers, computing the same function (see the module)."""
+    """`lm` with `extra` more decoder layers, computing the same function (see the module). The grown
+    model takes over `lm`'s tensors (only the new layers are new memory), so `lm` is consumed: training
+    the grown model changes it."""
     if extra == 0:
         return lm
     plan = layer_plan(lm.config.num_layers, extra)
@@ -85,7 +87,8 @@ def deepen_lm(lm: Transformer, extra: int) -> Transformer:
         for key, value in state.items():
             if key.startswith(prefix):
                 name = key[len(prefix):]
-                value = torch.zeros_like(value) if new and name in _RESIDUAL_WRITERS else value.clone()
+                if new:
+                    value = torch.zeros_like(value) if name in _RESIDUAL_WRITERS else value.clone()
                 grown_state[f"model.layers.{index}.{name}"] = value
     with torch.device("meta"):
         grown = Transformer(dataclasses.replace(lm.config, num_layers=len(plan)))

@@ -85,14 +85,15 @@ def processor_config(processor: ImageProcessor) -> dict:
 
 
 def identity_blocks(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
-    """Key prefixes of the residual and attention blocks of `state` whose branch is zero (the last
-    convolution, `conv2` or `proj_out`, all zeros): blocks that compute the identity whatever their other
-    weights hold, as those `emu3.train.deepen` adds to an encoder that does not train."""
+    """Key prefixes of the residual and attention blocks of `state` that compute the identity whatever
+    their other weights hold: the last convolution of the branch (`conv2`, the temporal `conv2.conv`,
+    `proj_out`) all zeros and no `nin_shortcut` (a block that changes the channel count maps its input
+    through that). `emu3.train.deepen` adds such blocks to an encoder that does not train."""
     found = []
     for key, tensor in state.items():
-        for last in ("conv2.weight", "proj_out.weight"):
-            if key.endswith("." + last):
-                prefix = key[: -len(last)]
+        for last in ("conv2.weight", "conv2.conv.weight", "proj_out.weight"):
+            prefix = key[: -len(last)]
+            if key.endswith("." + last) and prefix + "nin_shortcut.weight" not in state:
                 bias = state.get(prefix + last.replace("weight", "bias"))
                 if not tensor.any() and (bias is None or not bias.any()):
                     found.append(prefix)

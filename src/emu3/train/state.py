@@ -149,7 +149,13 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info:
     except (OSError, json.JSONDecodeError, SafetensorError) as exc:
         raise ResumeError(f"checkpoint {folder} is unreadable: {exc}") from exc
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=info.world_size > 1)
-    set_model_state_dict(model, model_state, options=opts)
+    try:
+        set_model_state_dict(model, model_state, options=opts)
+    except RuntimeError as exc:  # missing, unexpected or reshaped weights
+        detail = str(exc).strip().splitlines()
+        raise ResumeError(f"checkpoint {folder} does not fit the model being trained (were --add-layers, "
+                          f"LoRA or the model changed since?): {' '.join(line.strip() for line in detail[:3])}"
+                          ) from None
     set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
     rng_file = folder / f"rng-{info.rank}.safetensors"
     if rng_file.is_file():

@@ -318,7 +318,7 @@ def main() -> None:
                    help="pictures with 5 questions of each round's more-data stage")
     p.add_argument("--more-videos", type=int, nargs="+", default=[1000, 1000],
                    help="clips of each round's more-data stage")
-    p.add_argument("--deepen-layers", type=int, default=4, help="decoder layers the deepen stage adds to the LM")
+    p.add_argument("--deepen-layers", type=int, default=2, help="decoder layers the deepen stage adds to the LM")
     p.add_argument("--deepen-steps", type=int, default=0, help="steps of the deepen stage (0: none)")
     p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")

@@ -31,16 +31,18 @@ checkpoint, so running the command again goes on where it stopped):
                  Stages 9 and 10 repeat once per round (`--more-steps 7000 6000`: two rounds)
 10b. deepen      `emu3 train --add-layers` (emu3.train.deepen) on every prepared set: the LM grows new layers
                  that start as the identity (copies of the layer before, their output projections zero),
-                 so it goes on from what it knows with more capacity (`--deepen-steps 0`: no such stage)
+                 so it goes on from what it knows with more capacity (defaults: 2 layers, 4 -> 6, and 7000
+                 steps; `--deepen-steps 0`: no such stage)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about seven and three-quarter hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
-grown decoder 74 min, LM 96 min;
-round 1: more data 10 min, continue 85 min; round 2: more data 12 min, continue 78 min; figures in
-benchmarks/RESULTS.md); on a GPU, raise the step counts
-(`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 20000 --lm-batch 64`).
+The defaults take about nine hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, grown decoder
+74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min, continue
+78 min; deepen 74 min; figures in benchmarks/RESULTS.md; the stages before deepen were timed with
+gradient checkpointing, which the recipe now turns off: same math, less work); on a GPU, raise the
+step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 20000 --deepen-steps
+20000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -319,7 +321,7 @@ def main() -> None:
     p.add_argument("--more-videos", type=int, nargs="+", default=[1000, 1000],
                    help="clips of each round's more-data stage")
     p.add_argument("--deepen-layers", type=int, default=2, help="decoder layers the deepen stage adds to the LM")
-    p.add_argument("--deepen-steps", type=int, default=0, help="steps of the deepen stage (0: none)")
+    p.add_argument("--deepen-steps", type=int, default=7000, help="steps of the deepen stage (0: none)")
     p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)

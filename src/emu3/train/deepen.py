@@ -24,6 +24,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from emu3.config import LMConfig
 from emu3.model import Transformer
 from emu3.vision import VisionTokenizer
 from emu3.vision.layers import AttnBlock, ResnetBlock, ResnetTemporalBlock
@@ -72,6 +73,12 @@ def layer_plan(layers: int, extra: int) -> list[tuple[int, bool]]:
     return [(old, new) for old in range(layers) for new in [False] + [True] * copies[old]]
 
 
+def deepened_config(config: LMConfig, extra: int) -> LMConfig:
+    """The architecture `deepen_lm(lm, extra)` returns for an LM of `config` (what a checkpoint of a run
+    with `--add-layers extra` holds)."""
+    return dataclasses.replace(config, num_layers=config.num_layers + extra)
+
+
 @torch.no_grad()
 def deepen_lm(lm: Transformer, extra: int) -> Transformer:
     """`lm` with `extra` more decoder layers, computing the same function (see the module). The grown
@@ -91,7 +98,7 @@ def deepen_lm(lm: Transformer, extra: int) -> Transformer:
                     value = torch.zeros_like(value) if name in _RESIDUAL_WRITERS else value.clone()
                 grown_state[f"model.layers.{index}.{name}"] = value
     with torch.device("meta"):
-        grown = Transformer(dataclasses.replace(lm.config, num_layers=len(plan)))
+        grown = Transformer(deepened_config(lm.config, extra))
     grown.load_state_dict(grown_state, strict=True, assign=True)
     grown.gradient_checkpointing = lm.gradient_checkpointing
     return grown.train(lm.training)

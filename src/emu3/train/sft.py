@@ -33,7 +33,7 @@ from emu3.model import Transformer
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import SFTConfig
-from emu3.train.deepen import deepen_lm
+from emu3.train.deepen import deepen_lm, deepened_config
 from emu3.train.loop import StepCallback, fit
 from emu3.train.lora import add_lora
 from emu3.train.prepare import lm_config
@@ -243,5 +243,5 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
 def export_checkpoint(folder: Path, dest: Path, cfg: SFTConfig) -> Path:
     """Export the model of LM checkpoint `folder` (trained with `cfg`) under `dest`; returns the LM folder."""
     lm_cfg, base = _base(cfg)
-    lm_cfg = dataclasses.replace(lm_cfg, num_layers=lm_cfg.num_layers + cfg.add_layers)
-    return _export(cfg, load_file(str(folder / "model.safetensors")), _with_context(lm_cfg, cfg), base, dest)
+    return _export(cfg, load_file(str(folder / "model.safetensors")),
+                   _with_context(deepened_config(lm_cfg, cfg.add_layers), cfg), base, dest)

@@ -33,16 +33,18 @@ checkpoint, so running the command again goes on where it stopped):
                  that start as the identity (copies of the layer before, their output projections zero),
                  so it goes on from what it knows with more capacity (defaults: 2 layers, 4 -> 6, and 7000
                  steps; `--deepen-steps 0`: no such stage)
+10c. polish      `emu3 train` from the deepened LM on every prepared set at a lower learning rate (2500 steps,
+                 3e-4 cosine to 3e-5): a little lower loss, better answers (`--polish-steps 0`: no such stage)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about nine hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, grown decoder
-74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min, continue
-78 min; deepen 74 min; figures in benchmarks/RESULTS.md; the stages before deepen were timed with
-gradient checkpointing, which the recipe now turns off: same math, less work); on a GPU, raise the
-step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000 20000 --deepen-steps
-20000 --lm-batch 64`).
+The defaults take about nine and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, grown
+decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
+continue 78 min; deepen 74 min; polish 24 min; figures in benchmarks/RESULTS.md; the stages before
+deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work);
+on a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000
+20000 --deepen-steps 20000 --polish-steps 5000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -179,12 +181,13 @@ def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argpa
 
 
 def train_lm(out: Path, model: Path, data: list[Path], steps: int, lr: str, a: argparse.Namespace,
-             *extra: str) -> Path:
-    """`emu3 train` of the LM folder `model` on `data` into `out` (resumed when interrupted); its export."""
+             *extra: str, min_lr: str = "1e-4", warmup: int = 100) -> Path:
+    """`emu3 train` of the LM folder `model` on `data` into `out` (resumed when interrupted); its export.
+    The learning rate warms up to `lr` in `warmup` steps, then falls to `min_lr` on a cosine."""
     if not (out / "export" / "model" / "config.json").is_file():
         emu3("train", "--model", str(model), *extra, "--data", *map(str, data), "-o", str(out),
              "--max-steps", str(steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
-             "--lr", lr, "--min-lr", "1e-4", "--warmup-steps", "100", "--null-prompt-prob", "0.1",
+             "--lr", lr, "--min-lr", min_lr, "--warmup-steps", str(warmup), "--null-prompt-prob", "0.1",
              "--save-every", "200", "--log-every", "10", "--export-dtype", "bf16", "--no-gradient-checkpointing",
              "--device", a.device, *resume(out), "--quiet")
     return out / "export"
@@ -215,16 +218,33 @@ def stage_deepen(work: Path, lm_export: Path, data: list[Path], a: argparse.Name
     layer count) stops instead of shipping the old one."""
     if not a.deepen_steps:
         return lm_export
-    out = work / "lm-deeper"
-    source = {"model": str(lm_export / "model"), "layers": a.deepen_layers, "data": [str(d) for d in data]}
-    record = out / "source.json"
-    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != source:
-        sys.exit(f"{out} was grown from {record.read_text(encoding='utf-8').strip()}, not {json.dumps(source)}: "
-                 "remove that folder to deepen again")
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(source) + "\n", encoding="utf-8")
+    out = record_source(work / "lm-deeper", {"model": str(lm_export / "model"), "layers": a.deepen_layers,
+                                             "data": [str(d) for d in data]})
     return train_lm(out, lm_export / "model", data, a.deepen_steps, a.deepen_lr, a,
                     "--add-layers", str(a.deepen_layers))
+
+
+def stage_polish(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
+    """The last LM stage: `--polish-steps` more on all of `data` at a lower learning rate (`--polish-lr`
+    cosine to `--polish-min-lr`, short warm-up), which lowers the loss the deepen stage's rates left."""
+    if not a.polish_steps:
+        return lm_export
+    out = record_source(work / "lm-polish", {"model": str(lm_export / "model"), "data": [str(d) for d in data]})
+    return train_lm(out, lm_export / "model", data, a.polish_steps, a.polish_lr, a, min_lr=a.polish_min_lr,
+                    warmup=50)
+
+
+def record_source(out: Path, source: dict) -> Path:
+    """`out`, a stage's folder, with `source.json` recording what the stage starts from. When an earlier run
+    of the stage started from something else (a new round before it, other settings), stop rather than go
+    on from, or ship, a model that no longer follows from the stages before."""
+    record = out / "source.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != source:
+        sys.exit(f"{out} was trained from {record.read_text(encoding='utf-8').strip()}, not {json.dumps(source)}: "
+                 "remove that folder to train that stage again")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(source) + "\n", encoding="utf-8")
+    return out
 
 
 def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
@@ -323,6 +343,9 @@ def main() -> None:
     p.add_argument("--deepen-layers", type=int, default=2, help="decoder layers the deepen stage adds to the LM")
     p.add_argument("--deepen-steps", type=int, default=7000, help="steps of the deepen stage (0: none)")
     p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
+    p.add_argument("--polish-steps", type=int, default=2500, help="steps of the polish stage (0: none)")
+    p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of the polish stage")
+    p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at the polish stage's last step")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -347,7 +370,7 @@ def main() -> None:
         sets.append(stage_prepare(a.work, stage_more_data(a.work, round_, a), base, merged, a,
                                   name=f"prepared{round_ + 1}"))
         lm_export = stage_continue(a.work, round_, lm_export, sets, a)
-    lm_export = stage_deepen(a.work, lm_export, sets, a)
+    lm_export = stage_polish(a.work, stage_deepen(a.work, lm_export, sets, a), sets, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

@@ -14,6 +14,7 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--grow-steps", "1", "--grow-batch", "2", "--layers", "1", "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
         "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2",
+        "--polish-steps", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -38,7 +39,11 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     bundled = json.loads((tmp_path / "bundle" / "source.json").read_text())
     state = tmp_path / "lm-deeper" / "checkpoints" / "step-00000002" / "trainer_state.json"
     assert [Path(folder).name for folder, _ in json.loads(state.read_text())["fingerprint"]["data"]] == trained_on
-    assert bundled["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # the deepened LM is shipped
+    polished = json.loads((tmp_path / "lm-polish" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert polished["config"]["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # polish follows deepen
+    assert (polished["config"]["lr"], polished["config"]["min_lr"], polished["config"]["warmup_steps"]) == (2e-4, 2e-5, 50)
+    assert [Path(folder).name for folder, _ in polished["fingerprint"]["data"]] == trained_on
+    assert bundled["model"] == str(tmp_path / "lm-polish" / "export" / "model")  # the polished LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
     assert bundled["vision-tokenizer"] == str(tmp_path / "vq-grown" / "export" / "vision-tokenizer")
@@ -54,7 +59,7 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ " not in again.stdout  # every training stage was already done: no command ran again
     other = subprocess.run([*cmd, "--deepen-layers", "2"], capture_output=True, text=True, timeout=600)
-    assert other.returncode == 1 and "remove that folder to deepen again" in other.stderr  # not the old LM shipped
+    assert other.returncode == 1 and "remove that folder to train that stage again" in other.stderr  # not the old LM shipped
     shutil.rmtree(tmp_path / "lm" / "export")  # as if the LM stage had stopped after its last checkpoint
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

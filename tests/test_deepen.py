@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from emu3.checkpoint import load_lm, load_vision_tokenizer
 from emu3.cli import main
-from emu3.train.deepen import deepen, deepen_lm, layer_plan
+from emu3.train.deepen import deepen, deepen_lm, identity_blocks, layer_plan
 from tests.test_train_utils import base_model, one_thread, t2i_dataset  # noqa: F401
 from tests.test_train_vq import manifest  # noqa: F401
 
@@ -130,8 +130,6 @@ def test_train_add_layers_exports_the_deeper_model_and_resumes(tmp_path, capsys)
 
 
 def test_identity_blocks_are_those_whose_branch_is_zero_without_a_shortcut():
-    from emu3.train.export import identity_blocks
-
     w = torch.ones(2, 2, 3, 3)
     state = {"e.a.conv1.weight": w, "e.a.conv2.weight": 0 * w, "e.a.conv2.bias": torch.zeros(2),  # identity
              "e.b.conv2.weight": 0 * w, "e.b.conv2.bias": torch.ones(2),  # adds a bias
@@ -139,3 +137,12 @@ def test_identity_blocks_are_those_whose_branch_is_zero_without_a_shortcut():
              "e.t.conv2.conv.weight": 0 * w, "e.t.conv2.conv.bias": torch.zeros(2),  # a temporal block
              "e.n.proj_out.weight": 0 * w, "e.m.proj_out.weight": w}
     assert identity_blocks(state) == ("e.a.", "e.t.", "e.n.")
+
+
+def test_identity_blocks_finds_exactly_the_blocks_deepen_adds(emu3_fixture):
+    vq, _ = load_vision_tokenizer(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    old = vq.state_dict()
+    new = {re.match(r"(.*\.(?:block|attn|time_res_stack)\.\d+\.)", key).group(1)
+           for key in deepen(vq, 1).state_dict() if key not in old}
+    assert len(new) == 12 and "encoder.time_res_stack.1." in new and "decoder.up.3.attn.2." in new
+    assert set(identity_blocks(deepen(vq, 1).state_dict())) == new

@@ -37,6 +37,23 @@ def _zero_residual_branch(module: nn.Module) -> None:
         nn.init.zeros_(p)
 
 
+def identity_blocks(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """Key prefixes of the residual and attention blocks of `state` that compute the identity whatever
+    their other weights hold: the last convolution of the branch (`conv2`, the temporal `conv2.conv`,
+    `proj_out`) all zeros and no `nin_shortcut` (a block that changes the channel count maps its input
+    through that): the blocks `_zero_residual_branch` makes, found in saved weights (an export
+    stores them in a smaller dtype, since no rounding of their weights can move a code)."""
+    found = []
+    for key, tensor in state.items():
+        for last in ("conv2.weight", "conv2.conv.weight", "proj_out.weight"):
+            prefix = key[: -len(last)]
+            if key.endswith("." + last) and prefix + "nin_shortcut.weight" not in state:
+                bias = state.get(prefix + last.replace("weight", "bias"))
+                if not tensor.any() and (bias is None or not bias.any()):
+                    found.append(prefix)
+    return tuple(found)
+
+
 @torch.no_grad()
 def deepen(vq: VisionTokenizer, extra: int, seed: int = 0) -> VisionTokenizer:
     """`vq` with `extra` more residual blocks per level, computing the same function (see the module)."""

@@ -23,6 +23,7 @@ from emu3 import checkpoint
 from emu3.config import LMConfig, VQConfig
 from emu3.model import Transformer
 from emu3.train import atomic
+from emu3.train.deepen import identity_blocks
 from emu3.train.lora import merge_lora
 from emu3.vision import ImageProcessor
 
@@ -82,22 +83,6 @@ def processor_config(processor: ImageProcessor) -> dict:
         "rescale_factor": processor.rescale_factor, "resample": processor.resample,
         "size": {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels},
     }
-
-
-def identity_blocks(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
-    """Key prefixes of the residual and attention blocks of `state` that compute the identity whatever
-    their other weights hold: the last convolution of the branch (`conv2`, the temporal `conv2.conv`,
-    `proj_out`) all zeros and no `nin_shortcut` (a block that changes the channel count maps its input
-    through that). `emu3.train.deepen` adds such blocks to an encoder that does not train."""
-    found = []
-    for key, tensor in state.items():
-        for last in ("conv2.weight", "conv2.conv.weight", "proj_out.weight"):
-            prefix = key[: -len(last)]
-            if key.endswith("." + last) and prefix + "nin_shortcut.weight" not in state:
-                bias = state.get(prefix + last.replace("weight", "bias"))
-                if not tensor.any() and (bias is None or not bias.any()):
-                    found.append(prefix)
-    return tuple(found)
 
 
 def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, processor: ImageProcessor,

@@ -33,16 +33,19 @@ checkpoint, so running the command again goes on where it stopped):
                  that start as the identity (copies of the layer before, their output projections zero),
                  so it goes on from what it knows with more capacity (defaults: 2 layers, 4 -> 6, and 7000
                  steps; `--deepen-steps 0`: no such stage)
-10c. polish      `emu3 train` from the deepened LM on every prepared set at a lower learning rate (2500 steps,
-                 3e-4 cosine to 3e-5): a little lower loss, better answers (`--polish-steps 0`: no such stage)
+10c. video       8000 fresh clips of the training compositions (seed + 11), prepared like stage 6
+10d. polish      `emu3 train` from the deepened LM on every prepared set and the clips (drawn twice per
+                 epoch) at a lower learning rate (2500 steps, 3e-4 cosine to 3e-5): a little lower loss,
+                 better answers, continued objects nearer where they belong (`--polish-steps 0`: none)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
 The defaults take about nine and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, grown
 decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
-continue 78 min; deepen 74 min; polish 24 min; figures in benchmarks/RESULTS.md; the stages before
-deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work);
+continue 78 min; deepen 74 min; clips 6 min; polish 26 min; figures in benchmarks/RESULTS.md; the
+stages before deepen were timed with gradient checkpointing, which the recipe now turns off: same
+math, less work);
 on a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000
 20000 --deepen-steps 20000 --polish-steps 5000 --lm-batch 64`).
 """
@@ -180,10 +183,11 @@ def stage_prepare(work: Path, manifest: Path, base: Path, vq_dir: Path, a: argpa
     return out
 
 
-def train_lm(out: Path, model: Path, data: list[Path], steps: int, lr: str, a: argparse.Namespace,
+def train_lm(out: Path, model: Path, data: list[Path | str], steps: int, lr: str, a: argparse.Namespace,
              *extra: str, min_lr: str = "1e-4", warmup: int = 100) -> Path:
-    """`emu3 train` of the LM folder `model` on `data` into `out` (resumed when interrupted); its export.
-    The learning rate warms up to `lr` in `warmup` steps, then falls to `min_lr` on a cosine."""
+    """`emu3 train` of the LM folder `model` on `data` (prepared folders, or "DIR:WEIGHT") into `out`
+    (resumed when interrupted); its export. The learning rate warms up to `lr` in `warmup` steps, then
+    falls to `min_lr` on a cosine."""
     if not (out / "export" / "model" / "config.json").is_file():
         emu3("train", "--model", str(model), *extra, "--data", *map(str, data), "-o", str(out),
              "--max-steps", str(steps), "--micro-batch-size", str(a.lm_batch), "--grad-accum", "1",
@@ -224,13 +228,23 @@ def stage_deepen(work: Path, lm_export: Path, data: list[Path], a: argparse.Name
                     "--add-layers", str(a.deepen_layers))
 
 
-def stage_polish(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
-    """The last LM stage: `--polish-steps` more on all of `data` at a lower learning rate (`--polish-lr`
-    cosine to `--polish-min-lr`, short warm-up), which lowers the loss the deepen stage's rates left."""
+def stage_video(work: Path, a: argparse.Namespace) -> Path | None:
+    """Clips only (`--video-clips`, seed + 11: clear of the continue rounds' seeds), for the polish stage:
+    the LM learnt little continuation from the few clips among the other sets (direction 0.05)."""
+    if not a.video_clips:
+        return None
+    return write_training_data(work / "data-video", 0, 0, a.video_clips, a.seed + 11)
+
+
+def stage_polish(work: Path, lm_export: Path, data: list[Path], video: Path | None, a: argparse.Namespace) -> Path:
+    """The last LM stage: `--polish-steps` more on all of `data` and the prepared clips `video` (drawn
+    `--video-weight` times per epoch) at a lower learning rate (`--polish-lr` cosine to `--polish-min-lr`,
+    short warm-up), which lowers the loss the deepen stage's rates left and teaches continuation."""
     if not a.polish_steps:
         return lm_export
-    out = record_source(work / "lm-polish", {"model": str(lm_export / "model"), "data": [str(d) for d in data]})
-    return train_lm(out, lm_export / "model", data, a.polish_steps, a.polish_lr, a, min_lr=a.polish_min_lr,
+    sets = [*map(str, data), *([f"{video}:{a.video_weight:g}"] if video else [])]
+    out = record_source(work / "lm-polish", {"model": str(lm_export / "model"), "data": sets})
+    return train_lm(out, lm_export / "model", sets, a.polish_steps, a.polish_lr, a, min_lr=a.polish_min_lr,
                     warmup=50)
 
 
@@ -346,6 +360,8 @@ def main() -> None:
     p.add_argument("--polish-steps", type=int, default=2500, help="steps of the polish stage (0: none)")
     p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of the polish stage")
     p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at the polish stage's last step")
+    p.add_argument("--video-clips", type=int, default=8000, help="clips of the polish stage's video set (0: none)")
+    p.add_argument("--video-weight", type=float, default=2.0, help="times the video set is drawn per polish epoch")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -357,6 +373,8 @@ def main() -> None:
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
     if any(steps <= 0 for steps in a.more_steps):
         p.error("--more-steps: each continue round needs a positive number of steps")
+    if a.video_clips < 0 or not a.video_weight > 0:
+        p.error("--video-clips must be >= 0 and --video-weight positive")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)
     pictures = stage_pictures(a.work, data, a)
@@ -370,7 +388,10 @@ def main() -> None:
         sets.append(stage_prepare(a.work, stage_more_data(a.work, round_, a), base, merged, a,
                                   name=f"prepared{round_ + 1}"))
         lm_export = stage_continue(a.work, round_, lm_export, sets, a)
-    lm_export = stage_polish(a.work, stage_deepen(a.work, lm_export, sets, a), sets, a)
+    lm_export = stage_deepen(a.work, lm_export, sets, a)
+    clips = stage_video(a.work, a)
+    video = stage_prepare(a.work, clips, base, merged, a, name="prepared-video") if clips else None
+    lm_export = stage_polish(a.work, lm_export, sets, video, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

@@ -14,7 +14,8 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--grow-steps", "1", "--grow-batch", "2", "--layers", "1", "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
         "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2",
-        "--polish-steps", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5",
+        "--polish-steps", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
+        "--video-weight", "3",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
 
 
@@ -42,7 +43,10 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     polished = json.loads((tmp_path / "lm-polish" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     assert polished["config"]["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # polish follows deepen
     assert (polished["config"]["lr"], polished["config"]["min_lr"], polished["config"]["warmup_steps"]) == (2e-4, 2e-5, 50)
-    assert [Path(folder).name for folder, _ in polished["fingerprint"]["data"]] == trained_on
+    assert [(Path(folder).name, weight) for folder, weight in polished["fingerprint"]["data"]] == [
+        *((name, 1.0) for name in trained_on), ("prepared-video", 3.0)]  # and the clips, drawn 3 times an epoch
+    clips = [json.loads(line) for line in (tmp_path / "data-video" / "manifest.jsonl").read_text().splitlines()]
+    assert len(clips) == 2 and all("frames" in c for c in clips)
     assert bundled["model"] == str(tmp_path / "lm-polish" / "export" / "model")  # the polished LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
@@ -66,11 +70,16 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert "--resume" in resumed.stdout and (tmp_path / "lm" / "export" / "model" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("counts", [["--more-steps", "2", "--more-images", "2", "1"],
-                                    ["--more-steps", "0", "--more-images", "1"]])
-def test_recipe_refuses_mismatched_rounds(tmp_path, counts):
-    cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *counts,
-           "--more-vqa", "1", "--more-videos", "1", "--device", "cpu"]
+ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
+
+
+@pytest.mark.parametrize("bad, named", [(["--more-steps", "2", "--more-images", "2", "1", *ROUNDS], "--more"),
+                                        (["--more-steps", "0", "--more-images", "1", *ROUNDS], "--more"),
+                                        (["--video-clips", "-1"], "--video-clips"),
+                                        (["--video-weight", "0"], "--video-weight")])
+def test_recipe_refuses_bad_counts_before_any_work(tmp_path, bad, named):
+    cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *bad,
+           "--device", "cpu"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--more" in done.stderr
-    assert not (tmp_path / "w").exists()  # refused before any work
+    assert done.returncode == 2 and named in done.stderr
+    assert not (tmp_path / "w").exists()

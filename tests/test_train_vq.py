@@ -176,6 +176,7 @@ def test_codebook_initialisation_puts_codes_on_latents(emu3_fixture):
     (["--crop", "40"], "crop must be between 0 and resolution"),
     (["--crop", "12"], "crop 12 must be a multiple of the spatial factor 8"),
     (["--autoencoder-steps", "-1"], "autoencoder_steps must be >= 0"),
+    (["--export-encoder-dtype", "bf16"], "export_encoder_dtype must be fp32 or fp16"),
 ])
 def test_bad_crop_and_warmup_flags(tmp_path, capsys, manifest, flags, message):
     argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(manifest), "-o", str(tmp_path / "run"),
@@ -196,3 +197,28 @@ def test_decoder_only_keeps_encoder_and_codebook(manifest, tmp_path, emu3_fixtur
     assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
     assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
     assert main(argv[:3] + ["--init", *argv[3:]]) == 2
+
+
+def test_fp16_encoder_export_halves_the_encoder_and_keeps_the_codebook(manifest, tmp_path, emu3_fixture, capsys):
+    from safetensors import safe_open
+
+    folder = emu3_fixture / "Emu3-VisionTokenizer-tiny"
+    argv = ["train-vq", "--vision-tokenizer", str(folder), "--decoder-only", "--data", str(manifest), "-o",
+            str(tmp_path / "run"), "--resolution", "16", "--max-steps", "1", "--export-dtype", "bf16",
+            "--export-encoder-dtype", "fp16", "--quiet", "--json"]
+    assert main(argv) == 0
+    export = json.loads(capsys.readouterr().out)["export"]
+    with safe_open(f"{export}/model.safetensors", "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()}
+    side = lambda *prefixes: {d for k, d in dtypes.items() if k.startswith(prefixes)}  # noqa: E731
+    assert side("encoder.", "quant_conv.") == {torch.float16}
+    assert side("quantize.") == {torch.float32} and side("decoder.", "post_quant_conv.") == {torch.bfloat16}
+    before, _ = load_vision_tokenizer(folder)
+    after, _ = load_vision_tokenizer(export)
+    assert next(after.encoder.parameters()).dtype == torch.float32  # loaded back in fp32
+    weight = before.encoder.conv_in.weight
+    assert torch.equal(after.encoder.conv_in.weight, weight.half().float()) and not torch.equal(
+        after.encoder.conv_in.weight, weight)
+    pixels = torch.rand(8, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert (before.encode(pixels) == after.encode(pixels)).float().mean() > 0.95

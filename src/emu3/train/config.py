@@ -58,7 +58,7 @@ class LoopConfig:
     tensorboard: bool = opt(False, "also log to TensorBoard (needs the tensorboard package)")
     quiet: bool = opt(False, "no progress bar")
     export_dtype: str = opt("fp32", "dtype of the exported model weights: fp32 or bf16 (a vision tokenizer's "
-                                    "decoder side only: its encoder and codebook stay fp32 so that codes do not move)")
+                                    "decoder side only: see --export-encoder-dtype)")
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -174,9 +174,14 @@ class VQTrainConfig(LoopConfig):
     micro_batch_size: int = opt(4, "samples per forward pass on each process")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
     epochs: int = opt(1, "passes over the data (ignored when max_steps > 0)")
+    export_encoder_dtype: str = opt("fp32", "dtype of the exported encoder: fp32 (the codes exactly as trained) or "
+                                            "fp16 (half the size; moves a few codes in ten thousand); the codebook "
+                                            "stays fp32")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.export_encoder_dtype not in ("fp32", "float32", "fp16", "float16"):
+            raise ValueError(f"export_encoder_dtype must be fp32 or fp16, got {self.export_encoder_dtype!r}")
         self.data = [self.data] if isinstance(self.data, str) else list(self.data)  # a recipe may name one
         if not self.data or not all(self.data):
             raise ValueError("no training data: give --data MANIFEST.jsonl [MORE.jsonl ...]")

@@ -296,16 +296,18 @@ def build_tokenizer(cfg: VQTrainConfig) -> tuple[VisionTokenizer, ImageProcessor
 
 
 def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: ImageProcessor, dest: Path,
-            dtype: str) -> Path:
-    """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`, weights in `dtype`."""
+            cfg: VQTrainConfig) -> Path:
+    """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`, weights in the
+    dtypes `cfg` asks for."""
     state = {k[len("vq."):]: v for k, v in state.items() if k.startswith("vq.")}
-    return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases(), dtype)
+    return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases(), cfg.export_dtype,
+                                        cfg.export_encoder_dtype)
 
 
 def export_checkpoint(folder: Path, dest: Path, cfg: VQTrainConfig) -> Path:
     """Export the tokenizer of checkpoint `folder` (trained with `cfg`) to `dest/vision-tokenizer`."""
     vq, processor = build_tokenizer(cfg)
-    return _export(load_file(str(folder / "model.safetensors")), vq, processor, dest / export.VQ_DIR, cfg.export_dtype)
+    return _export(load_file(str(folder / "model.safetensors")), vq, processor, dest / export.VQ_DIR, cfg)
 
 
 def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
@@ -335,7 +337,7 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
                    "skipped_records": skipped, "world_size": info.world_size}
         if info.is_main and cfg.save:
             dest = Path(cfg.output) / "export" / export.VQ_DIR
-            summary["export"] = str(_export(result.model_state, vq, processor, dest, cfg.export_dtype))
+            summary["export"] = str(_export(result.model_state, vq, processor, dest, cfg))
         distributed.barrier(info)
         return summary
     finally:

@@ -96,7 +96,7 @@ def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, process
     (`identity_blocks`), whose weights cannot reach a code. `encoder_dtype` is that of the rest of the
     encoder side: fp32 by default, since rounding it moves codes, and with them the meaning of data
     tokenized before and of a language model trained on it (of the Shapes tokenizer's codes, bf16 moves
-    about 1 in 600 and fp16 about 1 in 4000). The codebook stays fp32."""
+    about 1 in 600 and fp16 about 1 in 3000). The codebook stays fp32."""
     config = {"model_type": checkpoint.VQ_MODEL_TYPE, "architectures": ["Emu3VisionVQModel"], "double_z": False,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
 

@@ -137,6 +137,7 @@ def test_evaluate_shapes_report_is_seeded_and_serialisable():
 
     report = evaluate_shapes(generate, answer, n_prompts=30, n_questions=30, seed=3)
     assert report.images.overall == 1.0 and report.answers.n_questions == 30
+    assert report.images.overall_se == 0.0 and report.images.claims_se == 0.0
     again = evaluate_shapes(generate, answer, n_prompts=30, n_questions=30, seed=3)
     assert json.dumps(report.to_dict()) == json.dumps(again.to_dict())
     text = format_report(report)

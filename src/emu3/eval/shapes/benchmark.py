@@ -49,6 +49,7 @@ from emu3.datasets.shapes.split import check_split
 from emu3.datasets.shapes.video import render_video, sample_video
 from emu3.eval.shapes.analyze import analyze
 from emu3.eval.shapes.motion import compare_motion
+from emu3.eval.shapes.stats import mean, ratio_standard_error, standard_error
 from emu3.eval.shapes.vqa import answer_matches
 
 DEFAULT_PROMPTS = 200
@@ -82,6 +83,8 @@ class ImageScores:
     n_prompts: int
     overall: float  # fraction of prompts whose claims all hold
     claims: float  # fraction of all claims that hold
+    overall_se: float | None  # standard errors of those two (`stats`; None with one prompt)
+    claims_se: float | None
     categories: dict[str, float]  # claim category -> fraction of its claims that hold
     category_counts: dict[str, int]  # claim category -> number of claims
     failures: tuple[dict[str, Any], ...]  # {"prompt", "failed": [claim dicts]} per failed prompt
@@ -91,6 +94,7 @@ class ImageScores:
 class AnswerScores:
     n_questions: int
     accuracy: float
+    accuracy_se: float | None  # its standard error (`stats`; None with one question)
     kinds: dict[str, float]  # question kind -> accuracy
     kind_counts: dict[str, int]
 
@@ -117,6 +121,9 @@ class VideoScores:
     found: float  # means over clips of the MotionScore fields; None where no clip defines one
     direction_accuracy: float | None
     position_error: float | None  # in fractions of the picture side
+    found_se: float | None  # standard errors of those three over clips (`stats`)
+    direction_se: float | None
+    position_error_se: float | None
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ def score_images(prompts: Sequence[Prompt], images: Sequence) -> ImageScores:
     if not prompts:
         raise ValueError("no prompts to score")
     held: dict[str, list[bool]] = defaultdict(list)
-    passed, failures = 0, []
+    holding, claimed, failures = [], [], []  # per prompt: claims that hold, claims
     for prompt, image in zip(prompts, images):
         analysis = analyze(image)
         failed = []
@@ -173,12 +180,14 @@ def score_images(prompts: Sequence[Prompt], images: Sequence) -> ImageScores:
             held[claim.category].append(ok)
             if not ok:
                 failed.append(claim.to_dict())
-        passed += not failed
+        holding.append(len(prompt.claims) - len(failed))
+        claimed.append(len(prompt.claims))
         if failed:
             failures.append({"prompt": prompt.text, "failed": failed})
-    all_claims = [ok for results in held.values() for ok in results]
+    all_right = [float(h == c) for h, c in zip(holding, claimed)]
     return ImageScores(
-        n_prompts=len(prompts), overall=passed / len(prompts), claims=sum(all_claims) / len(all_claims),
+        n_prompts=len(prompts), overall=mean(all_right), claims=sum(holding) / sum(claimed),
+        overall_se=standard_error(all_right), claims_se=ratio_standard_error(holding, claimed),
         categories={c: sum(held[c]) / len(held[c]) for c in CATEGORIES if held[c]},
         category_counts={c: len(held[c]) for c in CATEGORIES if held[c]}, failures=tuple(failures))
 
@@ -205,8 +214,8 @@ def score_answers(items: Sequence[QuestionItem], answers: Sequence[str]) -> Answ
     right: dict[str, list[bool]] = defaultdict(list)
     for item, answer in zip(items, answers):
         right[item.kind].append(answer_matches(answer, item.answer))
-    flat = [ok for results in right.values() for ok in results]
-    return AnswerScores(n_questions=len(items), accuracy=sum(flat) / len(flat),
+    flat = [float(ok) for results in right.values() for ok in results]
+    return AnswerScores(n_questions=len(items), accuracy=mean(flat), accuracy_se=standard_error(flat),
                         kinds={k: sum(right[k]) / len(right[k]) for k in QUESTION_KINDS if right[k]},
                         kind_counts={k: len(right[k]) for k in QUESTION_KINDS if right[k]})
 
@@ -224,11 +233,6 @@ def eval_videos(n: int = DEFAULT_VIDEOS, seed: int = 0, split: str = "heldout") 
     return items
 
 
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else None
-
-
 def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) -> VideoScores:
     """Motion scores of each clip's continued frames (one sequence of frames per item)."""
     if len(items) != len(continuations):
@@ -236,10 +240,12 @@ def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) 
     if not items:
         raise ValueError("no videos to score")
     scores = [compare_motion(list(frames), item.target_tracks) for item, frames in zip(items, continuations)]
+    found, direction, error = ([getattr(s, field) for s in scores]
+                               for field in ("found", "direction_accuracy", "position_error"))
     return VideoScores(n_videos=len(items), n_continued=len(items[0].frames) - VIDEO_CONTEXT,
-                       found=_mean([s.found for s in scores]),
-                       direction_accuracy=_mean([s.direction_accuracy for s in scores]),
-                       position_error=_mean([s.position_error for s in scores]))
+                       found=mean(found), direction_accuracy=mean(direction), position_error=mean(error),
+                       found_se=standard_error(found), direction_se=standard_error(direction),
+                       position_error_se=standard_error(error))
 
 
 def psnr(reference: Image.Image, picture: Image.Image) -> float:
@@ -293,41 +299,44 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
 
 
 def format_report(report: ShapesReport) -> str:
-    """The report as a plain-text table."""
+    """The report as a plain-text table; `± s.e.` is a score's standard error (see `stats`)."""
     lines = [f"ShapesEval: split {report.split}, seed {report.seed}"]
+
+    def cell(x: float | None, se: float | None = None, digits: int = 3) -> str:
+        """A score and, when known, its standard error."""
+        score = f"{'n/a' if x is None else format(x, f'.{digits}f'):>8}"
+        return score + (f"{'±' + format(se, f'.{digits}f'):>8}" if se is not None else " " * 8)
+
+    def header(part: str, score: str) -> str:
+        return f"{part:<16}{score:>8}{'± s.e.':>8}{'n':>7}"
     if report.images is not None:
         s, t = report.images, report.tokenizer
         # With the tokenizer measured, each row also shows its round trip: the most the model's pictures can score.
         ceiling = ({"overall": t.round_trip, "all claims": t.round_trip_claims, **t.round_trip_categories}
                    if t is not None else {})
 
-        def row(name: str, score: float, n: int, key: str) -> str:
-            return f"{name:<16}{score:>8.3f}{n:>7}" + (f"{ceiling[key]:>11.3f}" if key in ceiling else "")
+        def row(name: str, score: float, n: int, key: str, se: float | None = None) -> str:
+            return f"{name:<16}{cell(score, se)}{n:>7}" + (f"{ceiling[key]:>11.3f}" if key in ceiling else "")
 
-        lines += ["", f"{'text to image':<16}{'score':>8}{'n':>7}" + (f"{'tokenizer':>11}" if ceiling else ""),
-                  row("overall", s.overall, s.n_prompts, "overall"),
-                  row("all claims", s.claims, sum(s.category_counts.values()), "all claims")]
+        lines += ["", header("text to image", "score") + (f"{'tokenizer':>11}" if ceiling else ""),
+                  row("overall", s.overall, s.n_prompts, "overall", s.overall_se),
+                  row("all claims", s.claims, sum(s.category_counts.values()), "all claims", s.claims_se)]
         lines += [row(f"  {c}", v, s.category_counts[c], c) for c, v in s.categories.items()]
     if report.answers is not None:
         a = report.answers
-        size = f"({report.image_size}x{report.image_size} pictures)"
-        lines += ["", f"{'questions':<16}{'accuracy':>8}{'n':>7}   {size}",
-                  f"{'overall':<16}{a.accuracy:>8.3f}{a.n_questions:>7}"]
-        lines += [f"  {k:<14}{v:>8.3f}{a.kind_counts[k]:>7}" for k, v in a.kinds.items()]
+        lines += ["", header("questions", "accuracy") + f"   ({report.image_size}x{report.image_size} pictures)",
+                  f"{'overall':<16}{cell(a.accuracy, a.accuracy_se)}{a.n_questions:>7}"]
+        lines += [f"  {k:<14}{cell(v)}{a.kind_counts[k]:>7}" for k, v in a.kinds.items()]
     if report.videos is not None:
         v = report.videos
-
-        def cell(x: float | None) -> str:
-            return f"{'n/a' if x is None else format(x, '.3f'):>8}"
-
-        lines += ["", f"{'video':<16}{'score':>8}{'n':>7}   ({VIDEO_CONTEXT} frames given, {v.n_continued} continued)",
-                  f"{'found':<16}{cell(v.found)}{v.n_videos:>7}",
-                  f"{'direction':<16}{cell(v.direction_accuracy)}{v.n_videos:>7}",
-                  f"{'position error':<16}{cell(v.position_error)}{v.n_videos:>7}"]
+        lines += ["", header("video", "score") + f"   ({VIDEO_CONTEXT} frames given, {v.n_continued} continued)",
+                  f"{'found':<16}{cell(v.found, v.found_se)}{v.n_videos:>7}",
+                  f"{'direction':<16}{cell(v.direction_accuracy, v.direction_se)}{v.n_videos:>7}",
+                  f"{'position error':<16}{cell(v.position_error, v.position_error_se)}{v.n_videos:>7}"]
     if report.tokenizer is not None:
         t = report.tokenizer
-        lines += ["", f"{'vision tokenizer':<16}{'score':>8}{'n':>7}   (ground-truth pictures of the prompts)",
-                  f"{'PSNR (dB)':<16}{t.psnr:>8.2f}{t.n_pictures:>7}",
-                  f"{'round trip':<16}{t.round_trip:>8.3f}{t.n_pictures:>7}",
-                  f"{'  its claims':<16}{t.round_trip_claims:>8.3f}{t.n_pictures:>7}"]
+        lines += ["", header("vision tokenizer", "score") + "   (ground-truth pictures of the prompts)",
+                  f"{'PSNR (dB)':<16}{cell(t.psnr, digits=2)}{t.n_pictures:>7}",
+                  f"{'round trip':<16}{cell(t.round_trip)}{t.n_pictures:>7}",
+                  f"{'  its claims':<16}{cell(t.round_trip_claims)}{t.n_pictures:>7}"]
     return "\n".join(lines)

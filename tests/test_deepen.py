@@ -146,3 +146,23 @@ def test_identity_blocks_finds_exactly_the_blocks_deepen_adds(emu3_fixture):
            for key in deepen(vq, 1).state_dict() if key not in old}
     assert len(new) == 12 and "encoder.time_res_stack.1." in new and "decoder.up.3.attn.2." in new
     assert set(identity_blocks(deepen(vq, 1).state_dict())) == new
+
+
+@pytest.mark.parametrize("dtype, encoder_dtype, identity", [("fp32", "fp16", torch.float16),
+                                                            ("bf16", "fp32", torch.bfloat16),
+                                                            ("bf16", "fp16", torch.bfloat16)])
+def test_export_stores_identity_blocks_in_the_narrower_dtype(emu3_fixture, tmp_path, dtype, encoder_dtype, identity):
+    from emu3.train.export import save_vision_tokenizer
+    from emu3.vision import ImageProcessor
+
+    grown = deepen(load_vision_tokenizer(emu3_fixture / "Emu3-VisionTokenizer-tiny")[0], 1)
+    state = grown.state_dict()
+    blocks = identity_blocks(state)
+    folder = save_vision_tokenizer(state, grown.config, ImageProcessor(), tmp_path / "vq", dtype=dtype,
+                                   encoder_dtype=encoder_dtype)
+    with safe_open(f"{folder}/model.safetensors", "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()}
+    assert {d for k, d in dtypes.items() if k.startswith(blocks)} == {identity}
+    named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    rest = lambda side: {d for k, d in dtypes.items() if k.startswith(side) and not k.startswith(blocks)}  # noqa: E731
+    assert rest("encoder.") == {named[encoder_dtype]} and rest("decoder.") == {named[dtype]}

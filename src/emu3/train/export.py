@@ -92,21 +92,27 @@ def save_vision_tokenizer(state: dict[str, torch.Tensor], cfg: VQConfig, process
                           encoder_dtype: str = "fp32") -> Path:
     """Write a vision tokenizer in the official layout (loadable by `checkpoint.load_vision_tokenizer`),
     with `code_aliases.json` when `aliases` (a code -> canonical code table) is given. `dtype` is that
-    of the decoder side (`post_quant_conv`, `decoder`) and of the encoder's identity blocks
-    (`identity_blocks`), whose weights cannot reach a code. `encoder_dtype` is that of the rest of the
-    encoder side: fp32 by default, since rounding it moves codes, and with them the meaning of data
-    tokenized before and of a language model trained on it (of the Shapes tokenizer's codes, bf16 moves
-    about 1 in 600 and fp16 about 1 in 3000). The codebook stays fp32."""
+    of the decoder side (`post_quant_conv`, `decoder`). `encoder_dtype` is that of the encoder side:
+    fp32 by default, since rounding it moves codes, and with them the meaning of data tokenized before
+    and of a language model trained on it (of the Shapes tokenizer's codes, bf16 moves about 1 in 600
+    and fp16 about 1 in 3000). The codebook stays fp32. Identity blocks (`identity_blocks`), whose
+    weights cannot reach a code, take the narrower of the two (`dtype` when both are as wide)."""
     config = {"model_type": checkpoint.VQ_MODEL_TYPE, "architectures": ["Emu3VisionVQModel"], "double_z": False,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
 
-    rounded = VQ_DECODER_SIDE + identity_blocks(state)
+    identity = identity_blocks(state)
+    narrowest = min(DTYPES[dtype], DTYPES[encoder_dtype], key=lambda d: d.itemsize)
 
     def stored(key: str, tensor: torch.Tensor) -> torch.Tensor:
         if not tensor.is_floating_point():
             return tensor.detach().contiguous()
-        kept = torch.float32 if key.startswith(VQ_CODEBOOK) else DTYPES[encoder_dtype]
-        return tensor.detach().to(DTYPES[dtype] if key.startswith(rounded) else kept).contiguous()
+        if key.startswith(identity):
+            to = narrowest
+        elif key.startswith(VQ_DECODER_SIDE):
+            to = DTYPES[dtype]
+        else:
+            to = torch.float32 if key.startswith(VQ_CODEBOOK) else DTYPES[encoder_dtype]
+        return tensor.detach().to(to).contiguous()
 
     tensors = {k: stored(k, v) for k, v in state.items()}
     with atomic.staged_dir(folder) as tmp:

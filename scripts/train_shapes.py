@@ -23,7 +23,8 @@ checkpoint, so running the command again goes on where it stopped):
                  from the same codes (the LM's data do not change)
  7b. grow        the same with `--add-res-blocks 1` (emu3.train.deepen): one more residual block per
                  level, new blocks starting as the identity, so the codes still do not change; the
-                 decoder side is stored in bf16 (`--export-dtype bf16`) to keep the bundle under 25 MB
+                 decoder side is stored in bf16 (`--export-dtype bf16`) and the encoder in fp16
+                 (`--export-encoder-dtype fp16`: moves about 1 code in 3000) to keep the bundle under 25 MB
   8. train       `emu3 train --model base --init` (text-to-image + VQA + video, from scratch), bf16 export
   9. more data   fresh scenes of the training compositions (another seed), prepared like stage 6
  10. continue    `emu3 train` from the previous LM on every prepared set so far: the LM had begun to learn
@@ -31,23 +32,23 @@ checkpoint, so running the command again goes on where it stopped):
                  Stages 9 and 10 repeat once per round (`--more-steps 7000 6000`: two rounds)
 10b. deepen      `emu3 train --add-layers` (emu3.train.deepen) on every prepared set: the LM grows new layers
                  that start as the identity (copies of the layer before, their output projections zero),
-                 so it goes on from what it knows with more capacity (defaults: 2 layers, 4 -> 6, and 7000
-                 steps; `--deepen-steps 0`: no such stage)
+                 so it goes on from what it knows with more capacity. It repeats once per round
+                 (`--deepen-steps 7000 3000`: two rounds of 2 layers, 4 -> 6 -> 8; none: no such stage)
 10c. video       8000 fresh clips of the training compositions (seed + 11), prepared like stage 6
 10d. polish      `emu3 train` from the deepened LM on every prepared set and the clips (drawn twice per
-                 epoch) at a lower learning rate (2500 steps, 3e-4 cosine to 3e-5): a little lower loss,
-                 better answers, continued objects nearer where they belong (`--polish-steps 0`: none)
+                 epoch) at a lower learning rate (5000 steps, 3e-4 cosine to 3e-5): lower loss on every
+                 part, better answers, continued objects nearer where they belong (`--polish-steps 0`: none)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about nine and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min, grown
-decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
-continue 78 min; deepen 74 min; clips 6 min; polish 26 min; figures in benchmarks/RESULTS.md; the
+The defaults take about ten and three-quarter hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
+continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; figures in benchmarks/RESULTS.md; the
 stages before deepen were timed with gradient checkpointing, which the recipe now turns off: same
 math, less work);
 on a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000
-20000 --deepen-steps 20000 --polish-steps 5000 --lm-batch 64`).
+20000 --deepen-steps 20000 10000 --polish-steps 10000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -216,15 +217,13 @@ def stage_continue(work: Path, round_: int, lm_export: Path, data: list[Path], a
     return train_lm(out, lm_export / "model", data, a.more_steps[round_ - 1], "1e-3", a)
 
 
-def stage_deepen(work: Path, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
-    """A deeper LM: `--deepen-layers` identity layers added to the LM of `lm_export`, trained on all of `data`.
-    Its folder records what it grew from; a run asking for another source (a new continue round, another
-    layer count) stops instead of shipping the old one."""
-    if not a.deepen_steps:
-        return lm_export
-    out = record_source(work / "lm-deeper", {"model": str(lm_export / "model"), "layers": a.deepen_layers,
-                                             "data": [str(d) for d in data]})
-    return train_lm(out, lm_export / "model", data, a.deepen_steps, a.deepen_lr, a,
+def stage_deepen(work: Path, round_: int, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
+    """A deeper LM: `--deepen-layers` identity layers added to the LM of `lm_export`, trained on all of `data`
+    (deepen round `round_`, 1, 2, ...). Its folder records what it grew from; a run asking for another
+    source (a new continue round, another layer count) stops instead of shipping the old one."""
+    out = record_source(work / ("lm-deeper" if round_ == 1 else f"lm-deeper{round_}"),
+                        {"model": str(lm_export / "model"), "layers": a.deepen_layers, "data": [str(d) for d in data]})
+    return train_lm(out, lm_export / "model", data, a.deepen_steps[round_ - 1], a.deepen_lr, a,
                     "--add-layers", str(a.deepen_layers))
 
 
@@ -279,7 +278,8 @@ def stage_grow(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) 
         return vq_dir
     if not (out / "export" / "vision-tokenizer").is_dir():
         emu3("train-vq", "--data", str(pictures), "--vision-tokenizer", str(vq_dir), "--decoder-only",
-             "--add-res-blocks", str(a.grow_blocks), "--export-dtype", "bf16", "--resolution", "64",
+             "--add-res-blocks", str(a.grow_blocks), "--export-dtype", "bf16", "--export-encoder-dtype", "fp16",
+             "--resolution", "64",
              "--recon-loss", "l2", "--micro-batch-size", str(a.grow_batch), "--max-steps", str(a.grow_steps),
              "--lr", "3e-4", "--min-lr", "3e-5", "--betas", "0.9", "0.99", "--warmup-steps", "30",
              "--save-every", "500", "--log-every", "20", "--device", a.device, *resume(out), "-o", str(out), "--quiet")
@@ -354,10 +354,11 @@ def main() -> None:
                    help="pictures with 5 questions of each round's more-data stage")
     p.add_argument("--more-videos", type=int, nargs="+", default=[1000, 1000],
                    help="clips of each round's more-data stage")
-    p.add_argument("--deepen-layers", type=int, default=2, help="decoder layers the deepen stage adds to the LM")
-    p.add_argument("--deepen-steps", type=int, default=7000, help="steps of the deepen stage (0: none)")
+    p.add_argument("--deepen-layers", type=int, default=2, help="decoder layers each deepen round adds to the LM")
+    p.add_argument("--deepen-steps", type=int, nargs="*", default=[7000, 3000],
+                   help="steps of each deepen round (none: no such stage)")
     p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
-    p.add_argument("--polish-steps", type=int, default=2500, help="steps of the polish stage (0: none)")
+    p.add_argument("--polish-steps", type=int, default=5000, help="steps of the polish stage (0: none)")
     p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of the polish stage")
     p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at the polish stage's last step")
     p.add_argument("--video-clips", type=int, default=8000, help="clips of the polish stage's video set (0: none)")
@@ -371,8 +372,8 @@ def main() -> None:
     rounds = len(a.more_steps)
     if any(len(counts) != rounds for counts in (a.more_images, a.more_vqa, a.more_videos)):
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
-    if any(steps <= 0 for steps in a.more_steps):
-        p.error("--more-steps: each continue round needs a positive number of steps")
+    if any(steps <= 0 for steps in a.more_steps + a.deepen_steps):
+        p.error("--more-steps, --deepen-steps: each round needs a positive number of steps")
     if a.video_clips < 0 or not a.video_weight > 0:
         p.error("--video-clips must be >= 0 and --video-weight positive")
     a.work.mkdir(parents=True, exist_ok=True)
@@ -388,7 +389,8 @@ def main() -> None:
         sets.append(stage_prepare(a.work, stage_more_data(a.work, round_, a), base, merged, a,
                                   name=f"prepared{round_ + 1}"))
         lm_export = stage_continue(a.work, round_, lm_export, sets, a)
-    lm_export = stage_deepen(a.work, lm_export, sets, a)
+    for round_ in range(1, len(a.deepen_steps) + 1):
+        lm_export = stage_deepen(a.work, round_, lm_export, sets, a)
     clips = stage_video(a.work, a)
     video = stage_prepare(a.work, clips, base, merged, a, name="prepared-video") if clips else None
     lm_export = stage_polish(a.work, lm_export, sets, video, a)

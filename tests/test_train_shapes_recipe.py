@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3", "--heldout-clips", "1",
         "--vq-steps", "2", "--vq-batch", "2", "--vq-autoencoder-steps", "1", "--decoder-steps", "1",
         "--grow-steps", "1", "--grow-batch", "2", "--layers", "1", "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
-        "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2",
+        "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2", "2",
         "--polish-steps", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
         "--video-weight", "3",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
@@ -29,7 +31,7 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"images", "answers", "videos", "tokenizer"} <= set(figures)
     shipped = json.loads((tmp_path / "bundle" / "model" / "config.json").read_text())
-    assert (shipped["num_hidden_layers"], shipped["hidden_size"], shipped["intermediate_size"]) == (2, 64, 192)
+    assert (shipped["num_hidden_layers"], shipped["hidden_size"], shipped["intermediate_size"]) == (3, 64, 192)
     assert (tmp_path / "lm-more" / "export" / "model" / "config.json").is_file()  # both continue rounds ran
     assert (tmp_path / "lm-more2" / "export" / "model" / "config.json").is_file()
     assert len((tmp_path / "data2" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1
@@ -41,7 +43,9 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     state = tmp_path / "lm-deeper" / "checkpoints" / "step-00000002" / "trainer_state.json"
     assert [Path(folder).name for folder, _ in json.loads(state.read_text())["fingerprint"]["data"]] == trained_on
     polished = json.loads((tmp_path / "lm-polish" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
-    assert polished["config"]["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # polish follows deepen
+    deeper2 = json.loads((tmp_path / "lm-deeper2" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert deeper2["config"]["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # round 2 grows round 1
+    assert polished["config"]["model"] == str(tmp_path / "lm-deeper2" / "export" / "model")  # polish follows deepen
     assert (polished["config"]["lr"], polished["config"]["min_lr"], polished["config"]["warmup_steps"]) == (2e-4, 2e-5, 50)
     assert [(Path(folder).name, weight) for folder, weight in polished["fingerprint"]["data"]] == [
         *((name, 1.0) for name in trained_on), ("prepared-video", 3.0)]  # and the clips, drawn 3 times an epoch
@@ -54,6 +58,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     grown = json.loads((tmp_path / "bundle" / "vision-tokenizer" / "config.json").read_text())
     merged = json.loads((tmp_path / "vq-merged" / "config.json").read_text())
     assert grown["num_res_blocks"] == merged["num_res_blocks"] + 1  # the grow stage's deeper decoder is shipped
+    with safe_open(str(tmp_path / "bundle" / "vision-tokenizer" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("encoder.conv_in.weight").dtype == torch.float16  # the encoder at half the size
     pictures = [json.loads(line) for line in (tmp_path / "pictures" / "manifest.jsonl").read_text().splitlines()]
     assert len(pictures) == 11 + 4  # the data's pictures and clips, then the held-out ones
     assert all((tmp_path / "pictures" / p).is_file() for r in pictures for p in r.get("frames", [r.get("image")]))
@@ -75,6 +81,7 @@ ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
 
 @pytest.mark.parametrize("bad, named", [(["--more-steps", "2", "--more-images", "2", "1", *ROUNDS], "--more"),
                                         (["--more-steps", "0", "--more-images", "1", *ROUNDS], "--more"),
+                                        (["--deepen-steps", "7000", "0"], "--deepen-steps"),
                                         (["--video-clips", "-1"], "--video-clips"),
                                         (["--video-weight", "0"], "--video-weight")])
 def test_recipe_refuses_bad_counts_before_any_work(tmp_path, bad, named):

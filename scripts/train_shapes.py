@@ -42,7 +42,7 @@ checkpoint, so running the command again goes on where it stopped):
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about ten and three-quarter hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+The defaults take about eleven hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
 grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
 continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; figures in benchmarks/RESULTS.md; the
 stages before deepen were timed with gradient checkpointing, which the recipe now turns off: same
@@ -272,10 +272,12 @@ def stage_decoder(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespac
 
 
 def stage_grow(work: Path, pictures: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
-    """A deeper decoder for the same codes: `--add-res-blocks` identity blocks, then decoder-only training."""
-    out = work / "vq-grown"
+    """A deeper decoder for the same codes: `--add-res-blocks` identity blocks, then decoder-only training.
+    Its folder records its source and settings; a run asking for others stops instead of shipping the old one."""
     if not a.grow_steps:
         return vq_dir
+    out = record_source(work / "vq-grown", {"vision_tokenizer": str(vq_dir), "blocks": a.grow_blocks,
+                                            "export_dtype": "bf16", "export_encoder_dtype": "fp16"})
     if not (out / "export" / "vision-tokenizer").is_dir():
         emu3("train-vq", "--data", str(pictures), "--vision-tokenizer", str(vq_dir), "--decoder-only",
              "--add-res-blocks", str(a.grow_blocks), "--export-dtype", "bf16", "--export-encoder-dtype", "fp16",

@@ -3,11 +3,14 @@ the spread of scores over many seeds."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
 import pytest
+from PIL import Image
 
+from emu3.datasets.shapes import parse_caption, render, scene_for
 from emu3.eval.shapes import evaluate_shapes, format_report, score_answers
 from emu3.eval.shapes.benchmark import eval_questions
 from emu3.eval.shapes.stats import mean, ratio_standard_error, standard_error
@@ -24,6 +27,7 @@ def test_ratio_standard_error_equals_item_standard_error_with_equal_denominators
     numerators, denominators = [1, 2, 0, 3], [3, 3, 3, 3]
     fractions = [a / b for a, b in zip(numerators, denominators)]
     assert ratio_standard_error(numerators, denominators) == pytest.approx(standard_error(fractions))
+    assert ratio_standard_error([1, 2, 0], [1, 3, 2]) == pytest.approx(0.25)  # by hand: residuals 0.5, 0.5, -1
     assert ratio_standard_error([1], [2]) is None and ratio_standard_error([0, 0], [0, 0]) is None
     with pytest.raises(ValueError, match="2 numerators but 3 denominators"):
         ratio_standard_error([1, 2], [1, 2, 3])
@@ -52,4 +56,13 @@ def test_report_shows_standard_errors():
     assert 0 < a.accuracy_se < 0.2 and v.found_se == 0.0 and v.position_error_se > 0
     text = format_report(report)
     assert "± s.e." in text and f"±{a.accuracy_se:.3f}" in text and f"±{v.position_error_se:.3f}" in text
-    assert report.to_dict()["videos"]["direction_se"] == v.direction_se
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["answers"]["accuracy_se"] == a.accuracy_se
+    assert {"found_se", "direction_se", "position_error_se"} <= set(data["videos"])
+
+    def half_drawn(prompt, seed):  # the ground truth for every second prompt, a white picture for the others
+        return render(scene_for(parse_caption(prompt), seed)) if seed % 2 else Image.new("RGB", (64, 64), "white")
+
+    images = evaluate_shapes(generate=half_drawn, n_prompts=10).images
+    assert images.overall == 0.5 and images.overall_se == pytest.approx(standard_error([0, 1] * 5))
+    assert 0 < images.claims_se < 0.3 and images.claims < 0.75

@@ -68,8 +68,9 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ " not in again.stdout  # every training stage was already done: no command ran again
-    other = subprocess.run([*cmd, "--deepen-layers", "2"], capture_output=True, text=True, timeout=600)
-    assert other.returncode == 1 and "remove that folder to train that stage again" in other.stderr  # not the old LM shipped
+    for changed in (["--deepen-layers", "2"], ["--grow-blocks", "2"]):  # not the old LM or tokenizer shipped
+        other = subprocess.run([*cmd, *changed], capture_output=True, text=True, timeout=600)
+        assert other.returncode == 1 and "remove that folder to train that stage again" in other.stderr
     shutil.rmtree(tmp_path / "lm" / "export")  # as if the LM stage had stopped after its last checkpoint
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

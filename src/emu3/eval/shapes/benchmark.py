@@ -118,7 +118,7 @@ class VideoItem:
 class VideoScores:
     n_videos: int
     n_continued: int  # frames continued per clip
-    found: float  # means over clips of the MotionScore fields; None where no clip defines one
+    found: float | None  # means over clips of the MotionScore fields; None where no clip defines one
     direction_accuracy: float | None
     position_error: float | None  # in fractions of the picture side
     found_se: float | None  # standard errors of those three over clips (`stats`)

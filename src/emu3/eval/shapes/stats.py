@@ -7,7 +7,8 @@ standard error takes prompts as the sampled units (the usual linearisation of a 
 standard errors either side is about a 95% interval; two models' scores on different seeds differ
 beyond noise when they are more than about 2.8 standard errors apart.
 
-NaN values (a clip with no measurable step has no direction) are left out, as `mean` leaves them out.
+`mean` and `standard_error` leave NaN values out (a clip with no measurable step has no direction);
+`ratio_standard_error` takes counts, which are never NaN.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def standard_error(values: Sequence[float]) -> float | None:
 
 def ratio_standard_error(numerators: Sequence[float], denominators: Sequence[float]) -> float | None:
     """The standard error of sum(numerators) / sum(denominators), item i giving numerators[i] and
-    denominators[i] (e.g. claims that hold and claims of prompt i); None with fewer than two items."""
+    denominators[i] (counts, e.g. claims that hold and claims of prompt i); None with fewer than two
+    items or nothing counted."""
     if len(numerators) != len(denominators):
         raise ValueError(f"{len(numerators)} numerators but {len(denominators)} denominators")
     n, total = len(numerators), sum(denominators)

@@ -111,6 +111,23 @@ def test_answer_scoring_by_kind():
         score_answers(items, ["yes"])
 
 
+def test_answer_scores_by_whether_the_subject_is_a_held_out_pair():
+    from emu3.datasets.shapes import HELD_OUT_PAIRS
+
+    items = eval_questions(300, seed=2)
+    asked = [item for item in items if item.kind in ("color", "shape")]
+    assert asked and all(item.subject is not None for item in asked)
+    assert all(item.subject is None for item in items if item.kind not in ("color", "shape"))
+    assert all((item.answer in item.subject) and (item.subject[0] in item.question or item.subject[1] in item.question)
+               for item in asked)
+    prior = score_answers(items, ["?" if item.subject in HELD_OUT_PAIRS else item.answer for item in items])
+    assert prior.subjects == {"held-out pair": 0.0, "other object": 1.0}
+    assert sum(prior.subject_counts.values()) == len(asked) and prior.subject_counts["held-out pair"] > 5
+    assert "held-out pair" in format_report(evaluate_shapes(answer=lambda image, question: "red", n_questions=40))
+    training = score_answers(eval_questions(100, seed=2, split="train"), ["red"] * 100)
+    assert set(training.subjects) == {"other object"}
+
+
 def test_motion_scores_ground_truth_high_and_wrong_motion_low():
     video = sample_video(random.Random(4), 8, max_objects=2)
     frames = render_video(video)

@@ -4,6 +4,7 @@ Kinds of question (the `kind` field), with their answers:
 
 * "color": "what color is the circle?" -> "red" (asked only of a shape the scene has once)
 * "shape": "what shape is the red object?" -> "circle" (only of a color the scene has once)
+  (both carry their object's (color, shape) as `QA.subject`)
 * "count": "how many objects are there?", "how many squares are there?",
   "how many blue objects are there?" -> "2" (digits)
 * "position": "where is the red circle?" -> "top left", "left", "center" ... (3x3 grid cells)
@@ -38,6 +39,7 @@ class QA:
     question: str
     answer: str
     kind: str
+    subject: tuple[str, str] | None = None  # (color, shape) of the object a color or shape question is about
 
 
 def _yes_no(holds_strictly: bool, holds_leniently: bool) -> str | None:
@@ -54,8 +56,9 @@ def _candidates(scene: Scene, rng: random.Random, split: str) -> list[QA]:
     m = CERTAINTY_MARGIN
     out = [QA("what color is the background?", scene.background, "background"),
            QA("how many objects are there?", str(len(objs)), "count")]
-    out += [QA(f"what color is the {o.shape}?", o.color, "color") for o in objs if shapes[o.shape] == 1]
-    out += [QA(f"what shape is the {o.color} object?", o.shape, "shape") for o in objs if colors[o.color] == 1]
+    out += [QA(f"what color is the {o.shape}?", o.color, "color", (o.color, o.shape)) for o in objs if shapes[o.shape] == 1]
+    out += [QA(f"what shape is the {o.color} object?", o.shape, "shape", (o.color, o.shape))
+            for o in objs if colors[o.color] == 1]
     out += [QA(f"how many {s}s are there?", str(shapes[s]), "count") for s in SHAPES]
     out += [QA(f"how many {c} objects are there?", str(colors[c]), "count") for c in colors]
     for o in unique:

@@ -6,7 +6,8 @@
   the fraction of prompts whose claims all hold (`overall`, as GenEval does), the fraction of all
   claims that hold (`claims`), and the fraction per claim category.
 * `eval_questions(n, seed, split, image_size)` / `score_answers(items, answers)`: rendered
-  ground-truth scenes with one question each, and answer accuracy overall and per question kind.
+  ground-truth scenes with one question each, and answer accuracy overall, per question kind, and
+  for color and shape questions by their subject: a held-out (color, shape) pair or another object.
 * `eval_videos(n, seed, split)` / `score_videos(items, continuations)`: held-out 8-frame clips
   at 64x64, every second frame kept (4 frames, the training layout of the bundled model); the first
   `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
@@ -45,7 +46,7 @@ from emu3.datasets.shapes.questions import QUESTION_KINDS, questions_for
 from emu3.datasets.shapes.render import DEFAULT_IMAGE_SIZE, render
 from emu3.datasets.shapes.sampling import sample_captioned_scene
 from emu3.datasets.shapes.scene import Scene
-from emu3.datasets.shapes.split import check_split
+from emu3.datasets.shapes.split import HELD_OUT_PAIRS, check_split
 from emu3.datasets.shapes.video import render_video, sample_video
 from emu3.eval.shapes.analyze import analyze
 from emu3.eval.shapes.motion import compare_motion
@@ -57,6 +58,7 @@ DEFAULT_QUESTIONS = 200
 DEFAULT_VIDEOS = 20
 VIDEO_FRAMES, VIDEO_STRIDE, VIDEO_CONTEXT, VIDEO_SIZE = 8, 2, 2, 64  # 8 frames rendered, 4 kept, 2 given
 VIDEO_KEPT = VIDEO_FRAMES // VIDEO_STRIDE
+SUBJECTS = ("held-out pair", "other object")  # what a color or shape question is about
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class QuestionItem:
     question: str
     answer: str
     kind: str
+    subject: tuple[str, str] | None = None  # the (color, shape) a color or shape question is about
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,11 @@ class AnswerScores:
     accuracy: float
     accuracy_se: float | None  # its standard error (`stats`; None with one question)
     kinds: dict[str, float]  # question kind -> accuracy
+    # color and shape questions about a held-out (color, shape) pair, and about any other object: the
+    # first names one attribute the LM never saw with the answer ("what shape is the yellow object?")
     kind_counts: dict[str, int]
+    subjects: dict[str, float]  # "held-out pair" / "other object" -> accuracy (keys with no question left out)
+    subject_counts: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -201,23 +208,30 @@ def eval_questions(n: int = DEFAULT_QUESTIONS, seed: int = 0, split: str = "held
     for _ in range(n):
         scene = sample_captioned_scene(rng, split).scene
         qa, = questions_for(scene, rng, 1)
-        items.append(QuestionItem(render(scene, image_size), qa.question, qa.answer, qa.kind))
+        items.append(QuestionItem(render(scene, image_size), qa.question, qa.answer, qa.kind, qa.subject))
     return items
 
 
 def score_answers(items: Sequence[QuestionItem], answers: Sequence[str]) -> AnswerScores:
-    """Accuracy of `answers` (one per item), overall and per question kind."""
+    """Accuracy of `answers` (one per item), overall, per question kind, and for color and shape
+    questions by whether their subject is a held-out pair."""
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} questions but {len(answers)} answers")
     if not items:
         raise ValueError("no questions to score")
     right: dict[str, list[bool]] = defaultdict(list)
+    by_subject: dict[str, list[bool]] = defaultdict(list)
     for item, answer in zip(items, answers):
-        right[item.kind].append(answer_matches(answer, item.answer))
+        ok = answer_matches(answer, item.answer)
+        right[item.kind].append(ok)
+        if item.subject is not None:
+            by_subject[SUBJECTS[item.subject not in HELD_OUT_PAIRS]].append(ok)
     flat = [float(ok) for results in right.values() for ok in results]
     return AnswerScores(n_questions=len(items), accuracy=mean(flat), accuracy_se=standard_error(flat),
                         kinds={k: sum(right[k]) / len(right[k]) for k in QUESTION_KINDS if right[k]},
-                        kind_counts={k: len(right[k]) for k in QUESTION_KINDS if right[k]})
+                        kind_counts={k: len(right[k]) for k in QUESTION_KINDS if right[k]},
+                        subjects={k: sum(by_subject[k]) / len(by_subject[k]) for k in SUBJECTS if by_subject[k]},
+                        subject_counts={k: len(by_subject[k]) for k in SUBJECTS if by_subject[k]})
 
 
 def eval_videos(n: int = DEFAULT_VIDEOS, seed: int = 0, split: str = "heldout") -> list[VideoItem]:
@@ -327,6 +341,9 @@ def format_report(report: ShapesReport) -> str:
         lines += ["", header("questions", "accuracy") + f"   ({report.image_size}x{report.image_size} pictures)",
                   f"{'overall':<16}{cell(a.accuracy, a.accuracy_se)}{a.n_questions:>7}"]
         lines += [f"  {k:<14}{cell(v)}{a.kind_counts[k]:>7}" for k, v in a.kinds.items()]
+        if a.subjects:
+            lines += ["  color and shape questions about a"]
+            lines += [f"  {k:<14}{cell(v)}{a.subject_counts[k]:>7}" for k, v in a.subjects.items()]
     if report.videos is not None:
         v = report.videos
         lines += ["", header("video", "score") + f"   ({VIDEO_CONTEXT} frames given, {v.n_continued} continued)",

@@ -50,8 +50,8 @@ def test_standard_error_matches_the_spread_over_seeds():
 
 
 def test_report_shows_standard_errors():
-    report = evaluate_shapes(answer=lambda image, question: "yes", continue_video=lambda caption, context, seed: context,
-                             n_questions=40, n_videos=6, seed=2)
+    report = evaluate_shapes(answer=lambda image, question: "yes",
+                             continue_video=lambda caption, context, seed: context, n_questions=40, n_videos=6, seed=2)
     a, v = report.answers, report.videos
     assert 0 < a.accuracy_se < 0.2 and v.found_se == 0.0 and v.position_error_se > 0
     text = format_report(report)

@@ -56,7 +56,8 @@ def _candidates(scene: Scene, rng: random.Random, split: str) -> list[QA]:
     m = CERTAINTY_MARGIN
     out = [QA("what color is the background?", scene.background, "background"),
            QA("how many objects are there?", str(len(objs)), "count")]
-    out += [QA(f"what color is the {o.shape}?", o.color, "color", (o.color, o.shape)) for o in objs if shapes[o.shape] == 1]
+    out += [QA(f"what color is the {o.shape}?", o.color, "color", (o.color, o.shape))
+            for o in objs if shapes[o.shape] == 1]
     out += [QA(f"what shape is the {o.color} object?", o.shape, "shape", (o.color, o.shape))
             for o in objs if colors[o.color] == 1]
     out += [QA(f"how many {s}s are there?", str(shapes[s]), "count") for s in SHAPES]

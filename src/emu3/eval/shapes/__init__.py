@@ -8,7 +8,8 @@ Modules: `analyze` (pixels -> background and objects: color, shape, size, positi
 (seeded held-out prompts and questions, scores per claim category, the report table), `vqa`
 (answer normalisation and matching), `motion` (object tracks across video frames, direction and
 position error of a generated continuation), `stats` (means and standard errors of the scores).
-The world itself (palette, claims, captions) lives in `emu3.datasets.shapes`. Nothing here imports torch or runs a model.
+The world itself (palette, claims, captions) lives in `emu3.datasets.shapes`. Nothing here imports
+torch or runs a model.
 """
 
 from emu3.eval.shapes.analyze import Analysis, Detected, analyze, fit_shape, palette_labels

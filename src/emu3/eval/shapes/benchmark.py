@@ -99,9 +99,9 @@ class AnswerScores:
     accuracy: float
     accuracy_se: float | None  # its standard error (`stats`; None with one question)
     kinds: dict[str, float]  # question kind -> accuracy
+    kind_counts: dict[str, int]
     # color and shape questions about a held-out (color, shape) pair, and about any other object: the
     # first names one attribute the LM never saw with the answer ("what shape is the yellow object?")
-    kind_counts: dict[str, int]
     subjects: dict[str, float]  # "held-out pair" / "other object" -> accuracy (keys with no question left out)
     subject_counts: dict[str, int]
 
@@ -156,6 +156,13 @@ class ShapesReport:
         return asdict(self)
 
 
+def _by_group(results: dict[str, list[bool]], groups: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """The fraction of true results and their number per group, in the order of `groups`, leaving out
+    groups without results."""
+    kept = [g for g in groups if results.get(g)]
+    return {g: sum(results[g]) / len(results[g]) for g in kept}, {g: len(results[g]) for g in kept}
+
+
 def _rng(purpose: str, seed: int, split: str) -> random.Random:
     return random.Random(f"shapes-eval/{purpose}/{seed}/{split}")
 
@@ -192,11 +199,11 @@ def score_images(prompts: Sequence[Prompt], images: Sequence) -> ImageScores:
         if failed:
             failures.append({"prompt": prompt.text, "failed": failed})
     all_right = [float(h == c) for h, c in zip(holding, claimed)]
+    categories, category_counts = _by_group(held, CATEGORIES)
     return ImageScores(
         n_prompts=len(prompts), overall=mean(all_right), claims=sum(holding) / sum(claimed),
         overall_se=standard_error(all_right), claims_se=ratio_standard_error(holding, claimed),
-        categories={c: sum(held[c]) / len(held[c]) for c in CATEGORIES if held[c]},
-        category_counts={c: len(held[c]) for c in CATEGORIES if held[c]}, failures=tuple(failures))
+        categories=categories, category_counts=category_counts, failures=tuple(failures))
 
 
 def eval_questions(n: int = DEFAULT_QUESTIONS, seed: int = 0, split: str = "heldout",
@@ -227,11 +234,10 @@ def score_answers(items: Sequence[QuestionItem], answers: Sequence[str]) -> Answ
         if item.subject is not None:
             by_subject[SUBJECTS[item.subject not in HELD_OUT_PAIRS]].append(ok)
     flat = [float(ok) for results in right.values() for ok in results]
+    kinds, kind_counts = _by_group(right, QUESTION_KINDS)
+    subjects, subject_counts = _by_group(by_subject, SUBJECTS)
     return AnswerScores(n_questions=len(items), accuracy=mean(flat), accuracy_se=standard_error(flat),
-                        kinds={k: sum(right[k]) / len(right[k]) for k in QUESTION_KINDS if right[k]},
-                        kind_counts={k: len(right[k]) for k in QUESTION_KINDS if right[k]},
-                        subjects={k: sum(by_subject[k]) / len(by_subject[k]) for k in SUBJECTS if by_subject[k]},
-                        subject_counts={k: len(by_subject[k]) for k in SUBJECTS if by_subject[k]})
+                        kinds=kinds, kind_counts=kind_counts, subjects=subjects, subject_counts=subject_counts)
 
 
 def eval_videos(n: int = DEFAULT_VIDEOS, seed: int = 0, split: str = "heldout") -> list[VideoItem]:
@@ -323,6 +329,7 @@ def format_report(report: ShapesReport) -> str:
 
     def header(part: str, score: str) -> str:
         return f"{part:<16}{score:>8}{'± s.e.':>8}{'n':>7}"
+
     if report.images is not None:
         s, t = report.images, report.tokenizer
         # With the tokenizer measured, each row also shows its round trip: the most the model's pictures can score.

@@ -203,3 +203,33 @@ def test_ground_truth_continuations_score_full_direction_accuracy():
     items = eval_videos(40, seed=1)
     scores = score_videos(items, [item.frames[2:] for item in items])
     assert scores.found == 1.0 and scores.direction_accuracy == 1.0 and scores.position_error < 0.01
+
+
+def test_video_baselines_still_clips_score_no_direction_and_the_round_trip_bounds_a_model():
+    from emu3.eval.shapes import eval_videos, video_baselines
+
+    items = eval_videos(30, seed=2)
+    exact = video_baselines(items, lambda image: image.copy())
+    assert set(exact) == {"still", "tokenizer"}
+    still, tokenizer = exact["still"], exact["tokenizer"]
+    assert still.found == 1.0 and still.direction_accuracy == 0.0 and still.position_error > 0.05  # objects move
+    assert tokenizer.found == 1.0 and tokenizer.direction_accuracy == 1.0 and tokenizer.position_error < 0.01
+    blurred = video_baselines(items, lambda image: image.filter(ImageFilter.GaussianBlur(3)))["tokenizer"]
+    assert blurred.found < 1.0 and blurred.direction_accuracy < 1.0
+    assert set(video_baselines(items)) == {"still"}
+
+
+def test_report_shows_video_baselines_beside_the_model_and_skips_prompts_when_asked():
+    def continue_video(caption, context, seed):
+        return [context[-1]] * 2  # a model that stands still scores what the "still" baseline does
+
+    report = evaluate_shapes(continue_video=continue_video, reconstruct=lambda image: image.copy(), n_prompts=0,
+                             n_videos=6)
+    assert report.images is None and report.tokenizer is None  # no prompts drawn
+    assert report.videos == report.video_baselines["still"]
+    table = format_report(report).splitlines()
+    header = next(line for line in table if line.startswith("video"))
+    assert header.split()[5:7] == ["still", "tokenizer"]
+    direction = next(line for line in table if line.startswith("direction")).split()
+    assert [float(x) for x in direction[-2:]] == [0.0, 1.0]
+    assert json.loads(json.dumps(report.to_dict()))["video_baselines"]["tokenizer"]["found"] == 1.0

@@ -148,8 +148,9 @@ def test_eval_video_part(tiny):
     report = evaluate_model(tiny, n_prompts=0, n_questions=0, n_videos=1)
     assert report.images is None and report.answers is None
     assert report.videos.n_videos == 1 and 0.0 <= report.videos.found <= 1.0
+    assert set(report.video_baselines) == {"still", "tokenizer"} and report.tokenizer is None
     json.dumps(report.to_dict())
-    assert "position error" in format_report(report)
+    assert "position error" in format_report(report) and "tokenizer" in format_report(report)
 
 
 def test_eval_draws_pictures_and_clips_with_the_given_sampling(tiny, monkeypatch):

@@ -3,8 +3,9 @@
 Text-to-image prompts are generated with the model's default prompts (`default_prompts`) and guidance,
 pictures are scored against the prompt's claims, questions about ground-truth pictures are
 answered greedily, and held-out clips are continued (`generate_video`: 2 frames given with the
-caption, 2 generated) and scored by their motion; the vision tokenizer's PSNR and round-trip score
-are measured on the prompts' ground-truth pictures. This module parses arguments and runs the model;
+caption, 2 generated) and scored by their motion, beside a still clip and the tokenizer's round trip
+of the true frames; the vision tokenizer's PSNR and round-trip score are measured on the prompts'
+ground-truth pictures. This module parses arguments and runs the model;
 the scoring lives in `emu3.eval.shapes`.
 """
 
@@ -53,7 +54,7 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
 
     return evaluate_shapes(generate=generate if n_prompts else None, answer=reply if n_questions else None,
                            continue_video=continue_video if n_videos else None,
-                           reconstruct=round_trip if n_prompts else None, n_prompts=max(n_prompts, 1),
+                           reconstruct=round_trip if n_prompts or n_videos else None, n_prompts=n_prompts,
                            n_questions=max(n_questions, 1), n_videos=max(n_videos, 1), seed=seed, split=split)
 
 

@@ -16,7 +16,7 @@ from emu3.eval.shapes.analyze import Analysis, Detected, analyze, fit_shape, pal
 from emu3.eval.shapes.benchmark import (AnswerScores, ImageScores, Prompt, QuestionItem, ShapesReport, TokenizerScores,
                                         VideoItem, VideoScores, eval_prompts, eval_questions, eval_videos,
                                         evaluate_shapes, format_report, psnr, score_answers, score_images,
-                                        score_reconstructions, score_videos)
+                                        score_reconstructions, score_videos, video_baselines)
 from emu3.eval.shapes.motion import MotionScore, compare_motion, track_objects
 from emu3.eval.shapes.vqa import answer_matches, normalize_answer, vqa_accuracy
 
@@ -24,7 +24,7 @@ __all__ = [
     "Analysis", "Detected", "analyze", "fit_shape", "palette_labels",
     "AnswerScores", "ImageScores", "Prompt", "QuestionItem", "ShapesReport", "TokenizerScores", "VideoItem",
     "VideoScores", "eval_prompts", "eval_questions", "eval_videos", "evaluate_shapes", "format_report", "psnr",
-    "score_answers", "score_images", "score_reconstructions", "score_videos",
+    "score_answers", "score_images", "score_reconstructions", "score_videos", "video_baselines",
     "MotionScore", "compare_motion", "track_objects",
     "answer_matches", "normalize_answer", "vqa_accuracy",
 ]

@@ -12,10 +12,14 @@
   at 64x64, every second frame kept (4 frames, the training layout of the bundled model); the first
   `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
   centres (mean over clips of found, direction accuracy and position error).
+  `video_baselines(items, reconstruct)` scores two references on the same clips: "still" (the last
+  context frame repeated: what standing still scores) and "tokenizer" (the true continued frames
+  through the vision tokenizer, one by one: the most a model drawing through it can score).
 * `score_reconstructions(prompts, pictures)`: the vision tokenizer on the prompts' ground-truth
   pictures: mean PSNR, and the text-to-image score of the reconstructions (the round trip, overall
   and per claim category), which bounds what any language model drawing through that tokenizer can
-  reach; `format_report` shows it beside the text-to-image rows.
+  reach; `format_report` shows it beside the text-to-image rows, and the video baselines beside the
+  video rows.
 * `evaluate_shapes(generate, answer, continue_video, reconstruct, ...)`: all four, for a model given
   as plain functions (`generate(prompt, seed) -> PIL image`, `answer(image, question) -> str`,
   `continue_video(caption, context_frames, seed) -> frames`, `reconstruct(image) -> image`); any
@@ -33,7 +37,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -151,6 +155,7 @@ class ShapesReport:
     answers: AnswerScores | None
     videos: VideoScores | None = None
     tokenizer: TokenizerScores | None = None
+    video_baselines: dict[str, VideoScores] = field(default_factory=dict)  # `video_baselines`: "still", "tokenizer"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +273,17 @@ def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) 
                        position_error_se=standard_error(error))
 
 
+def video_baselines(items: Sequence[VideoItem], reconstruct: Callable[[Image.Image], Image.Image] | None = None
+                    ) -> dict[str, VideoScores]:
+    """Motion scores of references for the clips: "still", each clip's last context frame repeated, and
+    with `reconstruct` (a picture through the vision tokenizer) "tokenizer", the true continued frames
+    passed through it one by one."""
+    baselines = {"still": score_videos(items, [[i.context[-1]] * (len(i.frames) - VIDEO_CONTEXT) for i in items])}
+    if reconstruct is not None:
+        baselines["tokenizer"] = score_videos(items, [[reconstruct(f) for f in i.frames[VIDEO_CONTEXT:]] for i in items])
+    return baselines
+
+
 def psnr(reference: Image.Image, picture: Image.Image) -> float:
     """Peak signal-to-noise ratio of `picture` against `reference` (same size), in dB, on 0..255 pixels."""
     a = np.asarray(reference.convert("RGB"), np.float64)
@@ -298,11 +314,13 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
     for prompt i with seed `seed + i`; `answer(image, question)` returns a short answer;
     `continue_video(caption, context_frames, seed)` returns the continued frames of clip i
     (seed `seed + i`); `reconstruct(image)` passes a picture through the vision tokenizer (scored on
-    the ground-truth pictures of the text-to-image prompts)."""
+    the ground-truth pictures of the text-to-image prompts, and on the clips' continued frames when
+    `continue_video` is given). `n_prompts` 0 draws no prompts."""
     if generate is None and answer is None and continue_video is None and reconstruct is None:
         raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions), "
                          "continue_video (video), reconstruct (tokenizer) or several")
     images = answers = videos = tokenizer = None
+    baselines: dict[str, VideoScores] = {}
     prompts = eval_prompts(n_prompts, seed, split) if generate is not None or reconstruct is not None else []
     if generate is not None:
         images = score_images(prompts, [generate(p.text, seed + i) for i, p in enumerate(prompts)])
@@ -312,10 +330,15 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
     if continue_video is not None:
         clips = eval_videos(n_videos, seed, split)
         videos = score_videos(clips, [continue_video(c.caption, c.context, seed + i) for i, c in enumerate(clips)])
-    if reconstruct is not None:
+        baselines = video_baselines(clips, reconstruct)
+    if reconstruct is not None and prompts:
         tokenizer = score_reconstructions(prompts, [reconstruct(render(p.scene, image_size)) for p in prompts],
                                           image_size)
-    return ShapesReport(split, seed, image_size, images, answers, videos, tokenizer)
+    return ShapesReport(split, seed, image_size, images, answers, videos, tokenizer, baselines)
+
+
+def _number(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else format(x, f".{digits}f")
 
 
 def format_report(report: ShapesReport) -> str:
@@ -324,7 +347,7 @@ def format_report(report: ShapesReport) -> str:
 
     def cell(x: float | None, se: float | None = None, digits: int = 3) -> str:
         """A score and, when known, its standard error."""
-        score = f"{'n/a' if x is None else format(x, f'.{digits}f'):>8}"
+        score = f"{_number(x, digits):>8}"
         return score + (f"{'±' + format(se, f'.{digits}f'):>8}" if se is not None else " " * 8)
 
     def header(part: str, score: str) -> str:
@@ -352,11 +375,14 @@ def format_report(report: ShapesReport) -> str:
             lines += ["  color and shape questions about a"]
             lines += [f"  {k:<14}{cell(v)}{a.subject_counts[k]:>7}" for k, v in a.subjects.items()]
     if report.videos is not None:
-        v = report.videos
-        lines += ["", header("video", "score") + f"   ({VIDEO_CONTEXT} frames given, {v.n_continued} continued)",
-                  f"{'found':<16}{cell(v.found, v.found_se)}{v.n_videos:>7}",
-                  f"{'direction':<16}{cell(v.direction_accuracy, v.direction_se)}{v.n_videos:>7}",
-                  f"{'position error':<16}{cell(v.position_error, v.position_error_se)}{v.n_videos:>7}"]
+        v, baselines = report.videos, report.video_baselines
+        # Beside each row, what the references score (`video_baselines`): standing still, the tokenizer's ceiling.
+        lines += ["", header("video", "score") + "".join(f"{name:>11}" for name in baselines)
+                  + f"   ({VIDEO_CONTEXT} frames given, {v.n_continued} continued)"]
+        for name, key, se in (("found", "found", v.found_se), ("direction", "direction_accuracy", v.direction_se),
+                              ("position error", "position_error", v.position_error_se)):
+            lines.append(f"{name:<16}{cell(getattr(v, key), se)}{v.n_videos:>7}"
+                         + "".join(f"{_number(getattr(b, key)):>11}" for b in baselines.values()))
     if report.tokenizer is not None:
         t = report.tokenizer
         lines += ["", header("vision tokenizer", "score") + "   (ground-truth pictures of the prompts)",

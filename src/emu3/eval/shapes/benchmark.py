@@ -278,9 +278,10 @@ def video_baselines(items: Sequence[VideoItem], reconstruct: Callable[[Image.Ima
     """Motion scores of references for the clips: "still", each clip's last context frame repeated, and
     with `reconstruct` (a picture through the vision tokenizer) "tokenizer", the true continued frames
     passed through it one by one."""
-    baselines = {"still": score_videos(items, [[i.context[-1]] * (len(i.frames) - VIDEO_CONTEXT) for i in items])}
+    continued = [i.frames[VIDEO_CONTEXT:] for i in items]
+    baselines = {"still": score_videos(items, [[i.context[-1]] * len(c) for i, c in zip(items, continued)])}
     if reconstruct is not None:
-        baselines["tokenizer"] = score_videos(items, [[reconstruct(f) for f in i.frames[VIDEO_CONTEXT:]] for i in items])
+        baselines["tokenizer"] = score_videos(items, [[reconstruct(f) for f in c] for c in continued])
     return baselines
 
 

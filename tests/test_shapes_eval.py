@@ -3,6 +3,7 @@ pictures; answer matching; motion scoring; the seeded benchmark report."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -225,7 +226,7 @@ def test_report_shows_video_baselines_beside_the_model_and_skips_prompts_when_as
 
     report = evaluate_shapes(continue_video=continue_video, reconstruct=lambda image: image.copy(), n_prompts=0,
                              n_videos=6)
-    assert report.images is None and report.tokenizer is None  # no prompts drawn
+    assert report.tokenizer is None  # no prompts drawn
     assert report.videos == report.video_baselines["still"]
     table = format_report(report).splitlines()
     header = next(line for line in table if line.startswith("video"))
@@ -233,3 +234,16 @@ def test_report_shows_video_baselines_beside_the_model_and_skips_prompts_when_as
     direction = next(line for line in table if line.startswith("direction")).split()
     assert [float(x) for x in direction[-2:]] == [0.0, 1.0]
     assert json.loads(json.dumps(report.to_dict()))["video_baselines"]["tokenizer"]["found"] == 1.0
+    bare = format_report(dataclasses.replace(report, video_baselines={}))  # a report from before the baselines
+    assert "still" not in bare and "position error" in bare
+    with pytest.raises(ValueError, match="n_prompts"):
+        evaluate_shapes(reconstruct=lambda image: image.copy(), n_prompts=0)
+
+
+def test_still_baseline_passes_through_the_tokenizer_like_a_model_would():
+    from emu3.eval.shapes import eval_videos, video_baselines
+
+    items = eval_videos(10, seed=2)
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    lost = video_baselines(items, lambda image: blank)  # a tokenizer that loses everything
+    assert lost["still"].found == 0.0 and lost["tokenizer"].found == 0.0

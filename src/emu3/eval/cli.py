@@ -55,7 +55,7 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
     return evaluate_shapes(generate=generate if n_prompts else None, answer=reply if n_questions else None,
                            continue_video=continue_video if n_videos else None,
                            reconstruct=round_trip if n_prompts or n_videos else None, n_prompts=n_prompts,
-                           n_questions=max(n_questions, 1), n_videos=max(n_videos, 1), seed=seed, split=split)
+                           n_questions=n_questions, n_videos=n_videos, seed=seed, split=split)
 
 
 def add_parser(sub) -> None:

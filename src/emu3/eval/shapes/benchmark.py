@@ -12,9 +12,10 @@
   at 64x64, every second frame kept (4 frames, the training layout of the bundled model); the first
   `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
   centres (mean over clips of found, direction accuracy and position error).
-  `video_baselines(items, reconstruct)` scores two references on the same clips: "still" (the last
-  context frame repeated: what standing still scores) and "tokenizer" (the true continued frames
-  through the vision tokenizer, one by one: the most a model drawing through it can score).
+  `video_baselines(items, reconstruct)` scores two references on the same clips, both through the
+  vision tokenizer frame by frame: "still" (the last context frame repeated: what standing still
+  scores) and "tokenizer" (the true continued frames: the most a model drawing through it can score).
+  Position error counts only the objects found, so compare it together with `found`.
 * `score_reconstructions(prompts, pictures)`: the vision tokenizer on the prompts' ground-truth
   pictures: mean PSNR, and the text-to-image score of the reconstructions (the round trip, overall
   and per claim category), which bounds what any language model drawing through that tokenizer can
@@ -265,8 +266,8 @@ def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) 
     if not items:
         raise ValueError("no videos to score")
     scores = [compare_motion(list(frames), item.target_tracks) for item, frames in zip(items, continuations)]
-    found, direction, error = ([getattr(s, field) for s in scores]
-                               for field in ("found", "direction_accuracy", "position_error"))
+    found, direction, error = ([getattr(s, name) for s in scores]
+                               for name in ("found", "direction_accuracy", "position_error"))
     return VideoScores(n_videos=len(items), n_continued=len(items[0].frames) - VIDEO_CONTEXT,
                        found=mean(found), direction_accuracy=mean(direction), position_error=mean(error),
                        found_se=standard_error(found), direction_se=standard_error(direction),
@@ -276,10 +277,11 @@ def score_videos(items: Sequence[VideoItem], continuations: Sequence[Sequence]) 
 def video_baselines(items: Sequence[VideoItem], reconstruct: Callable[[Image.Image], Image.Image] | None = None
                     ) -> dict[str, VideoScores]:
     """Motion scores of references for the clips: "still", each clip's last context frame repeated, and
-    with `reconstruct` (a picture through the vision tokenizer) "tokenizer", the true continued frames
-    passed through it one by one."""
+    "tokenizer", the true continued frames. With `reconstruct` (a picture through the vision tokenizer),
+    both pass through it frame by frame, as a model's frames do; without it there is no "tokenizer"."""
+    through = reconstruct or (lambda frame: frame)
     continued = [i.frames[VIDEO_CONTEXT:] for i in items]
-    baselines = {"still": score_videos(items, [[i.context[-1]] * len(c) for i, c in zip(items, continued)])}
+    baselines = {"still": score_videos(items, [[through(i.context[-1])] * len(c) for i, c in zip(items, continued)])}
     if reconstruct is not None:
         baselines["tokenizer"] = score_videos(items, [[reconstruct(f) for f in c] for c in continued])
     return baselines
@@ -316,10 +318,12 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
     `continue_video(caption, context_frames, seed)` returns the continued frames of clip i
     (seed `seed + i`); `reconstruct(image)` passes a picture through the vision tokenizer (scored on
     the ground-truth pictures of the text-to-image prompts, and on the clips' continued frames when
-    `continue_video` is given). `n_prompts` 0 draws no prompts."""
+    `continue_video` is given; with `n_prompts` 0 only there)."""
     if generate is None and answer is None and continue_video is None and reconstruct is None:
         raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions), "
                          "continue_video (video), reconstruct (tokenizer) or several")
+    if generate is None and answer is None and continue_video is None and n_prompts < 1:
+        raise ValueError("the tokenizer is scored on the prompts' pictures: n_prompts must be >= 1")
     images = answers = videos = tokenizer = None
     baselines: dict[str, VideoScores] = {}
     prompts = eval_prompts(n_prompts, seed, split) if generate is not None or reconstruct is not None else []
@@ -361,7 +365,7 @@ def format_report(report: ShapesReport) -> str:
                    if t is not None else {})
 
         def row(name: str, score: float, n: int, key: str, se: float | None = None) -> str:
-            return f"{name:<16}{cell(score, se)}{n:>7}" + (f"{ceiling[key]:>11.3f}" if key in ceiling else "")
+            return f"{name:<16}{cell(score, se)}{n:>7}" + (f"{_number(ceiling[key]):>11}" if key in ceiling else "")
 
         lines += ["", header("text to image", "score") + (f"{'tokenizer':>11}" if ceiling else ""),
                   row("overall", s.overall, s.n_prompts, "overall", s.overall_se),

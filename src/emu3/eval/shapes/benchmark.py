@@ -319,10 +319,11 @@ def evaluate_shapes(generate: Callable[[str, int], Any] | None = None,
     (seed `seed + i`); `reconstruct(image)` passes a picture through the vision tokenizer (scored on
     the ground-truth pictures of the text-to-image prompts, and on the clips' continued frames when
     `continue_video` is given; with `n_prompts` 0 only there)."""
-    if generate is None and answer is None and continue_video is None and reconstruct is None:
+    tokenizer_only = generate is None and answer is None and continue_video is None
+    if tokenizer_only and reconstruct is None:
         raise ValueError("nothing to evaluate: pass generate (text to image), answer (questions), "
                          "continue_video (video), reconstruct (tokenizer) or several")
-    if generate is None and answer is None and continue_video is None and n_prompts < 1:
+    if tokenizer_only and n_prompts < 1:
         raise ValueError("the tokenizer is scored on the prompts' pictures: n_prompts must be >= 1")
     images = answers = videos = tokenizer = None
     baselines: dict[str, VideoScores] = {}

@@ -211,9 +211,14 @@ def stage_more_data(work: Path, round_: int, a: argparse.Namespace) -> Path:
                                a.seed + 1 + round_)
 
 
+def round_folder(work: Path, name: str, round_: int) -> Path:
+    """The folder of round `round_` (1, 2, ...) of a repeated stage: `name`, then `name2`, `name3`, ..."""
+    return work / (name if round_ == 1 else f"{name}{round_}")
+
+
 def stage_continue(work: Path, round_: int, lm_export: Path, data: list[Path], a: argparse.Namespace) -> Path:
     """Go on training the LM of `lm_export` on all of `data` with a fresh, lower learning-rate schedule."""
-    out = work / ("lm-more" if round_ == 1 else f"lm-more{round_}")
+    out = round_folder(work, "lm-more", round_)
     return train_lm(out, lm_export / "model", data, a.more_steps[round_ - 1], "1e-3", a)
 
 
@@ -221,7 +226,7 @@ def stage_deepen(work: Path, round_: int, lm_export: Path, data: list[Path], a: 
     """A deeper LM: `--deepen-layers` identity layers added to the LM of `lm_export`, trained on all of `data`
     (deepen round `round_`, 1, 2, ...). Its folder records what it grew from; a run asking for another
     source (a new continue round, another layer count) stops instead of shipping the old one."""
-    out = record_source(work / ("lm-deeper" if round_ == 1 else f"lm-deeper{round_}"),
+    out = record_source(round_folder(work, "lm-deeper", round_),
                         {"model": str(lm_export / "model"), "layers": a.deepen_layers, "data": [str(d) for d in data]})
     return train_lm(out, lm_export / "model", data, a.deepen_steps[round_ - 1], a.deepen_lr, a,
                     "--add-layers", str(a.deepen_layers))

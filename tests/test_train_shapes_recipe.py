@@ -18,7 +18,7 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2", "2",
         "--polish-steps", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
         "--video-weight", "3",
-        "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu"]
+        "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu", "--dtype", "bf16"]
 
 
 def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):

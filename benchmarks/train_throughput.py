@@ -1,4 +1,4 @@
-"""Language-model training throughput on synthetic data for a preset; prints one JSON object.
+"""Language-model training throughput on synthetic data (a preset, or a model folder's shapes); prints JSON.
 
     python benchmarks/train_throughput.py --preset tiny
     python benchmarks/train_throughput.py --preset small --seq-len 1024 --micro-batch-size 2
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from emu3.checkpoint import resolve
 from emu3.config import lm_preset
 from emu3.train.config import SFTConfig
 from emu3.train.examples import Example
@@ -56,7 +57,7 @@ def synthetic_data(folder: Path, n: int, seq_len: int, seed: int, vocab_size: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--model", type=Path, help="an LM folder whose config (not weights) replaces the preset")
+    p.add_argument("--model", help="an LM folder (or name) whose config, not weights, replaces --preset")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -67,9 +68,9 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lora-rank", type=int, default=0)
     args = p.parse_args()
-    cfg_lm = lm_config(args.model) if args.model else lm_preset(args.preset)
+    cfg_lm = lm_config(resolve(args.model)) if args.model else lm_preset(args.preset)
     if args.seq_len > cfg_lm.max_position_embeddings:
-        raise SystemExit(f"--seq-len {args.seq_len} exceeds the preset's context {cfg_lm.max_position_embeddings}")
+        raise SystemExit(f"--seq-len {args.seq_len} exceeds the model's context {cfg_lm.max_position_embeddings}")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     steps = args.warmup + args.steps
     # One folder for all processes of a torchrun job (its run id), a fresh one otherwise.
@@ -82,7 +83,7 @@ def main() -> None:
                            cfg_lm.vocab_size if args.model else None)
         while not (data / "dataset.json").is_file():  # the others wait for rank 0's data
             time.sleep(0.1)
-        source = {"model": str(args.model)} if args.model else {"preset": args.preset}
+        source = {"model": args.model} if args.model else {"preset": args.preset}
         cfg = SFTConfig(output=str(tmp / "run"), data=[str(data)], **source, init=True,
                         max_steps=steps, micro_batch_size=args.micro_batch_size, grad_accum=args.grad_accum,
                         warmup_steps=0, lr=1e-4, min_lr=1e-5, device=args.device, dtype=args.dtype,
@@ -98,7 +99,7 @@ def main() -> None:
     tokens = sum(r["tokens"] for r in measured)
     seconds = sum(r["step_s"] for r in measured)
     print(json.dumps({
-        "preset": str(args.model) if args.model else args.preset, "device": _device_name(args.device),
+        **({"model": args.model} if args.model else {"preset": args.preset}), "device": _device_name(args.device),
         "world_size": summary["world_size"], "seq_len": args.seq_len, "micro_batch_size": args.micro_batch_size,
         "grad_accum": args.grad_accum, "gradient_checkpointing": args.gradient_checkpointing,
         "lora_rank": args.lora_rank, "dtype": args.dtype, "parameters": _parameters(cfg_lm),

@@ -89,35 +89,38 @@ def test_dropout_only_in_training():
     assert not torch.equal(model(ids), model(ids))
 
 
-def test_bf16_training_on_cpu_computes_attention_in_fp32_with_the_same_gradients():
-    """Under CPU autocast with gradients, attention runs in fp32 (faster backward there) and returns
-    v's dtype; the gradients match an fp32 reference up to bf16 rounding of the inputs."""
+def test_bf16_training_on_cpu_computes_attention_in_fp32_with_the_same_gradients(monkeypatch):
+    """Training in bf16 on a CPU (autocast, or bf16 weights) computes attention in fp32 (a faster
+    backward there) and returns v's dtype, with an fp32 reference's gradients up to bf16 rounding of
+    the inputs; inference is left in bf16."""
+    import torch.nn.functional as F
+
     from emu3.model.transformer import attention
 
+    computed = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        out = original(*args, **kw)
+        computed.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     torch.manual_seed(0)
     q = torch.randn(2, 4, 12, 8, requires_grad=True)
     k, v = torch.randn(2, 2, 12, 8, requires_grad=True), torch.randn(2, 2, 12, 8, requires_grad=True)
-    seen = []
-    original = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args, **kw):
-        seen.append(args[2].dtype)  # v
-        return original(*args, **kw)
-
-    torch.nn.functional.scaled_dot_product_attention = spy
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = attention(q, k, v.to(torch.bfloat16), None, 0.0)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            attention(q, k, v.to(torch.bfloat16), None, 0.0)  # inference: left to autocast (bf16)
-    finally:
-        torch.nn.functional.scaled_dot_product_attention = original
-    assert out.dtype == torch.bfloat16 and seen == [torch.float32, torch.bfloat16]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v.to(torch.bfloat16), None, 0.0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        attention(q, k, v.to(torch.bfloat16), None, 0.0)
+    q16, k16, v16 = (t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    mask = torch.ones(12, 12, dtype=torch.bool).tril()
+    assert attention(q16, k16, v16, mask, 0.0).dtype == torch.bfloat16  # bf16 weights, an explicit mask
+    assert out.dtype == torch.bfloat16 and computed == [torch.float32, torch.bfloat16, torch.float32]
     out.float().square().sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    ref = original(q, k, v.to(torch.bfloat16).float(), is_causal=True, enable_gqa=True)
-    ref.square().sum().backward()
+    original(q, k, v.to(torch.bfloat16).float(), is_causal=True, enable_gqa=True).square().sum().backward()
     for got, want in zip(grads, (q.grad, k.grad, v.grad)):
         torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)

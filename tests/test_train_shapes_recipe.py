@@ -47,6 +47,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert deeper2["config"]["model"] == str(tmp_path / "lm-deeper" / "export" / "model")  # round 2 grows round 1
     assert polished["config"]["model"] == str(tmp_path / "lm-deeper2" / "export" / "model")  # polish follows deepen
     assert (polished["config"]["lr"], polished["config"]["min_lr"], polished["config"]["warmup_steps"]) == (2e-4, 2e-5, 50)
+    vq_state = json.loads((tmp_path / "vq" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert polished["config"]["dtype"] == vq_state["config"]["dtype"] == "bf16"  # --dtype reaches every stage
     assert [(Path(folder).name, weight) for folder, weight in polished["fingerprint"]["data"]] == [
         *((name, 1.0) for name in trained_on), ("prepared-video", 3.0)]  # and the clips, drawn 3 times an epoch
     clips = [json.loads(line) for line in (tmp_path / "data-video" / "manifest.jsonl").read_text().splitlines()]

@@ -37,19 +37,22 @@ checkpoint, so running the command again goes on where it stopped):
 10c. video       8000 fresh clips of the training compositions (seed + 11), prepared like stage 6
 10d. polish      `emu3 train` from the deepened LM on every prepared set and the clips (drawn twice per
                  epoch) at a lower learning rate (5000 steps, 3e-4 cosine to 3e-5): lower loss on every
-                 part, better answers, continued objects nearer where they belong (`--polish-steps 0`: none)
+                 part, better answers, continued objects nearer where they belong. It repeats once per
+                 round (`--polish-steps 5000 9000`; none: no such stage); rounds after the first add
+                 fresh scenes (`--polish-scenes`, seed + 40) and draw the clips 3 times (`--video-weight 2 3`)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about eleven hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+The defaults take about twelve and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
 grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
-continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; figures in benchmarks/RESULTS.md; the
-stages before deepen were timed with gradient checkpointing, which the recipe now turns off: same
-math, less work; all in fp32). On a CPU with AMX (`lscpu | grep amx`), `--dtype bf16` trains about
-1.6x faster (bf16 autocast with fp32 weights; benchmarks/RESULTS.md, "bf16 on a CPU").
+continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; fresh scenes 11 min; polish round 2
+76 min; figures in benchmarks/RESULTS.md; the stages before deepen were timed with gradient
+checkpointing, which the recipe now turns off: same math, less work). Every stage but polish round 2
+ran in fp32; that one ran with `--dtype bf16`, which on a CPU with AMX (`lscpu | grep amx`) trains
+about 1.6-1.8x faster (bf16 autocast with fp32 weights; benchmarks/RESULTS.md, "bf16 on a CPU").
 On a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000
-20000 --deepen-steps 20000 10000 --polish-steps 10000 --lm-batch 64`).
+20000 --deepen-steps 20000 10000 --polish-steps 10000 20000 --lm-batch 64`).
 """
 
 from __future__ import annotations
@@ -242,16 +245,25 @@ def stage_video(work: Path, a: argparse.Namespace) -> Path | None:
     return write_training_data(work / "data-video", 0, 0, a.video_clips, a.seed + 11)
 
 
-def stage_polish(work: Path, lm_export: Path, data: list[Path], video: Path | None, a: argparse.Namespace) -> Path:
-    """The last LM stage: `--polish-steps` more on all of `data` and the prepared clips `video` (drawn
-    `--video-weight` times per epoch) at a lower learning rate (`--polish-lr` cosine to `--polish-min-lr`,
-    short warm-up), which lowers the loss the deepen stage's rates left and teaches continuation."""
-    if not a.polish_steps:
-        return lm_export
-    sets = [*map(str, data), *([f"{video}:{a.video_weight:g}"] if video else [])]
-    out = record_source(work / "lm-polish", {"model": str(lm_export / "model"), "data": sets})
-    return train_lm(out, lm_export / "model", sets, a.polish_steps, a.polish_lr, a, min_lr=a.polish_min_lr,
-                    warmup=50)
+def stage_polish_data(work: Path, a: argparse.Namespace) -> Path | None:
+    """Fresh scenes of the training compositions (`--polish-scenes`, seed + 40) for the polish rounds
+    after the first; None when there is one round or none."""
+    if len(a.polish_steps) < 2:
+        return None
+    return write_training_data(work / "data-polish", *a.polish_scenes, a.seed + 40)
+
+
+def stage_polish(work: Path, round_: int, lm_export: Path, data: list[Path], video: Path | None,
+                 a: argparse.Namespace) -> Path:
+    """Polish round `round_` (1, 2, ...), the last LM stages: `--polish-steps` more on all of `data` and the
+    prepared clips `video` (drawn `--video-weight` times per epoch) at a lower learning rate (`--polish-lr`
+    cosine to `--polish-min-lr`; warm-up 50 steps, 100 after the first round), which lowers the loss the
+    deepen stage's rates left and teaches continuation."""
+    i = round_ - 1
+    sets = [*map(str, data), *([f"{video}:{a.video_weight[i]:g}"] if video else [])]
+    out = record_source(round_folder(work, "lm-polish", round_), {"model": str(lm_export / "model"), "data": sets})
+    return train_lm(out, lm_export / "model", sets, a.polish_steps[i], a.polish_lr, a, min_lr=a.polish_min_lr,
+                    warmup=50 if round_ == 1 else 100)
 
 
 def record_source(out: Path, source: dict) -> Path:
@@ -372,11 +384,16 @@ def main() -> None:
     p.add_argument("--deepen-steps", type=int, nargs="*", default=[7000, 3000],
                    help="steps of each deepen round (none: no such stage)")
     p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
-    p.add_argument("--polish-steps", type=int, default=5000, help="steps of the polish stage (0: none)")
+    p.add_argument("--polish-steps", type=int, nargs="*", default=[5000, 9000],
+                   help="steps of each polish round (none: no such stage)")
+    p.add_argument("--polish-scenes", type=int, nargs=3, default=[24000, 8000, 3000],
+                   metavar=("IMAGES", "VQA", "CLIPS"),
+                   help="fresh scenes that the polish rounds after the first add to every prepared set")
     p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of the polish stage")
     p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at the polish stage's last step")
     p.add_argument("--video-clips", type=int, default=8000, help="clips of the polish stage's video set (0: none)")
-    p.add_argument("--video-weight", type=float, default=2.0, help="times the video set is drawn per polish epoch")
+    p.add_argument("--video-weight", type=float, nargs="*", default=[2.0, 3.0],
+                   help="times the video set is drawn per epoch of each polish round")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -386,10 +403,11 @@ def main() -> None:
     rounds = len(a.more_steps)
     if any(len(counts) != rounds for counts in (a.more_images, a.more_vqa, a.more_videos)):
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
-    if any(steps <= 0 for steps in a.more_steps + a.deepen_steps):
-        p.error("--more-steps, --deepen-steps: each round needs a positive number of steps")
-    if a.video_clips < 0 or not a.video_weight > 0:
-        p.error("--video-clips must be >= 0 and --video-weight positive")
+    if any(steps <= 0 for steps in a.more_steps + a.deepen_steps + a.polish_steps):
+        p.error("--more-steps, --deepen-steps, --polish-steps: each round needs a positive number of steps")
+    if a.video_clips < 0 or len(a.video_weight) != len(a.polish_steps) or not all(w > 0 for w in a.video_weight):
+        p.error(f"--video-clips must be >= 0 and --video-weight one positive value per polish round "
+                f"({len(a.polish_steps)})")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)
     pictures = stage_pictures(a.work, data, a)
@@ -407,7 +425,10 @@ def main() -> None:
         lm_export = stage_deepen(a.work, round_, lm_export, sets, a)
     clips = stage_video(a.work, a)
     video = stage_prepare(a.work, clips, base, merged, a, name="prepared-video") if clips else None
-    lm_export = stage_polish(a.work, lm_export, sets, video, a)
+    fresh = stage_polish_data(a.work, a)
+    for round_ in range(1, len(a.polish_steps) + 1):
+        extra = [stage_prepare(a.work, fresh, base, merged, a, name="prepared-polish")] if round_ > 1 else []
+        lm_export = stage_polish(a.work, round_, lm_export, sets + extra, video, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

@@ -16,8 +16,8 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--grow-steps", "1", "--grow-batch", "2", "--layers", "1", "--hidden", "64",
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
         "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2", "2",
-        "--polish-steps", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
-        "--video-weight", "3",
+        "--polish-steps", "2", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
+        "--video-weight", "3", "2", "--polish-scenes", "2", "1", "1",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu", "--dtype", "bf16"]
 
 
@@ -53,7 +53,14 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
         *((name, 1.0) for name in trained_on), ("prepared-video", 3.0)]  # and the clips, drawn 3 times an epoch
     clips = [json.loads(line) for line in (tmp_path / "data-video" / "manifest.jsonl").read_text().splitlines()]
     assert len(clips) == 2 and all("frames" in c for c in clips)
-    assert bundled["model"] == str(tmp_path / "lm-polish" / "export" / "model")  # the polished LM is shipped
+    polished2 = json.loads((tmp_path / "lm-polish2" / "checkpoints" / "step-00000002" / "trainer_state.json")
+                           .read_text())
+    assert polished2["config"]["model"] == str(tmp_path / "lm-polish" / "export" / "model")  # round 2 follows round 1
+    assert polished2["config"]["warmup_steps"] == 100
+    assert [(Path(folder).name, weight) for folder, weight in polished2["fingerprint"]["data"]] == [
+        *((name, 1.0) for name in trained_on), ("prepared-polish", 1.0), ("prepared-video", 2.0)]  # + fresh scenes
+    assert len((tmp_path / "data-polish" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1
+    assert bundled["model"] == str(tmp_path / "lm-polish2" / "export" / "model")  # the last polished LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
     assert bundled["vision-tokenizer"] == str(tmp_path / "vq-grown" / "export" / "vision-tokenizer")
@@ -86,7 +93,9 @@ ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
                                         (["--more-steps", "0", "--more-images", "1", *ROUNDS], "--more"),
                                         (["--deepen-steps", "7000", "0"], "--deepen-steps"),
                                         (["--video-clips", "-1"], "--video-clips"),
-                                        (["--video-weight", "0"], "--video-weight")])
+                                        (["--video-weight", "0", "3"], "--video-weight"),
+                                        (["--video-weight", "2"], "--video-weight"),  # one per polish round
+                                        (["--polish-steps", "5000", "0"], "--polish-steps")])
 def test_recipe_refuses_bad_counts_before_any_work(tmp_path, bad, named):
     cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *bad,
            "--device", "cpu"]

@@ -350,7 +350,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="compute dtype of every training stage (auto: bf16 on a GPU, fp32 on a CPU; bf16 trains "
-                        "about 1.6x faster on a CPU with AMX)")
+                        "about 1.6-1.8x faster on a CPU with AMX)")
     p.add_argument("--bpe", type=Path, default=DEFAULT_BPE, help="the official emu3.tiktoken")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=10000, help="captioned training pictures")
@@ -405,7 +405,8 @@ def main() -> None:
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
     if any(steps <= 0 for steps in a.more_steps + a.deepen_steps + a.polish_steps):
         p.error("--more-steps, --deepen-steps, --polish-steps: each round needs a positive number of steps")
-    if a.video_clips < 0 or len(a.video_weight) != len(a.polish_steps) or not all(w > 0 for w in a.video_weight):
+    weights_match = not a.polish_steps or len(a.video_weight) == len(a.polish_steps)
+    if a.video_clips < 0 or not weights_match or not all(w > 0 for w in a.video_weight):
         p.error(f"--video-clips must be >= 0 and --video-weight one positive value per polish round "
                 f"({len(a.polish_steps)})")
     a.work.mkdir(parents=True, exist_ok=True)

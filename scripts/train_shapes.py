@@ -261,7 +261,8 @@ def stage_polish(work: Path, round_: int, lm_export: Path, data: list[Path], vid
     deepen stage's rates left and teaches continuation."""
     i = round_ - 1
     sets = [*map(str, data), *([f"{video}:{a.video_weight[i]:g}"] if video else [])]
-    out = record_source(round_folder(work, "lm-polish", round_), {"model": str(lm_export / "model"), "data": sets})
+    source = {"model": str(lm_export / "model"), "data": sets, **({"scenes": a.polish_scenes} if round_ > 1 else {})}
+    out = record_source(round_folder(work, "lm-polish", round_), source)
     return train_lm(out, lm_export / "model", sets, a.polish_steps[i], a.polish_lr, a, min_lr=a.polish_min_lr,
                     warmup=50 if round_ == 1 else 100)
 
@@ -388,12 +389,13 @@ def main() -> None:
                    help="steps of each polish round (none: no such stage)")
     p.add_argument("--polish-scenes", type=int, nargs=3, default=[24000, 8000, 3000],
                    metavar=("IMAGES", "VQA", "CLIPS"),
-                   help="fresh scenes that the polish rounds after the first add to every prepared set")
-    p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of the polish stage")
-    p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at the polish stage's last step")
+                   help="fresh scenes (one more prepared set) that the polish rounds after the first add")
+    p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of every polish round")
+    p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at every polish round's last step")
     p.add_argument("--video-clips", type=int, default=8000, help="clips of the polish stage's video set (0: none)")
-    p.add_argument("--video-weight", type=float, nargs="*", default=[2.0, 3.0],
-                   help="times the video set is drawn per epoch of each polish round")
+    p.add_argument("--video-weight", type=float, nargs="+",
+                   help="times the video set is drawn per epoch: one value per polish round, or one for all "
+                        "(default: 2 in round 1, 3 after)")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -405,10 +407,15 @@ def main() -> None:
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
     if any(steps <= 0 for steps in a.more_steps + a.deepen_steps + a.polish_steps):
         p.error("--more-steps, --deepen-steps, --polish-steps: each round needs a positive number of steps")
-    weights_match = not a.polish_steps or len(a.video_weight) == len(a.polish_steps)
-    if a.video_clips < 0 or not weights_match or not all(w > 0 for w in a.video_weight):
-        p.error(f"--video-clips must be >= 0 and --video-weight one positive value per polish round "
-                f"({len(a.polish_steps)})")
+    polish_rounds = len(a.polish_steps)
+    a.video_weight = a.video_weight or [2.0] + [3.0] * (polish_rounds - 1)
+    if len(a.video_weight) == 1:
+        a.video_weight = a.video_weight * polish_rounds
+    if a.video_clips < 0 or len(a.video_weight) != polish_rounds or not all(w > 0 for w in a.video_weight):
+        p.error(f"--video-clips must be >= 0 and --video-weight positive: one value, or one per polish round "
+                f"({polish_rounds})")
+    if polish_rounds > 1 and (min(a.polish_scenes) < 0 or not sum(a.polish_scenes)):
+        p.error("--polish-scenes: counts must be >= 0, and not all 0 when there is more than one polish round")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)
     pictures = stage_pictures(a.work, data, a)

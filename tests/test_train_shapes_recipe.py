@@ -17,7 +17,7 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--lm-steps", "2", "--lm-batch", "2", "--more-steps", "2", "2", "--more-images", "2", "1",
         "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2", "2",
         "--polish-steps", "2", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
-        "--video-weight", "3", "2", "--polish-scenes", "2", "1", "1",
+        "--video-weight", "3", "2", "--polish-scenes", "3", "2", "1",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu", "--dtype", "bf16"]
 
 
@@ -59,7 +59,9 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert polished2["config"]["warmup_steps"] == 100
     assert [(Path(folder).name, weight) for folder, weight in polished2["fingerprint"]["data"]] == [
         *((name, 1.0) for name in trained_on), ("prepared-polish", 1.0), ("prepared-video", 2.0)]  # + fresh scenes
-    assert len((tmp_path / "data-polish" / "manifest.jsonl").read_text().splitlines()) == 2 + 1 + 1
+    fresh = [json.loads(line) for line in (tmp_path / "data-polish" / "manifest.jsonl").read_text().splitlines()]
+    assert [sum(("caption" in r and "image" in r, "turns" in r, "frames" in r)[k] for r in fresh)
+            for k in range(3)] == [3, 2, 1]  # --polish-scenes IMAGES VQA CLIPS
     assert bundled["model"] == str(tmp_path / "lm-polish2" / "export" / "model")  # the last polished LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
@@ -89,13 +91,16 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
 ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
 
 
-@pytest.mark.parametrize("bad, named", [(["--more-steps", "2", "--more-images", "2", "1", *ROUNDS], "--more"),
-                                        (["--more-steps", "0", "--more-images", "1", *ROUNDS], "--more"),
-                                        (["--deepen-steps", "7000", "0"], "--deepen-steps"),
-                                        (["--video-clips", "-1"], "--video-clips"),
-                                        (["--video-weight", "0", "3"], "--video-weight"),
-                                        (["--video-weight", "2"], "--video-weight"),  # one per polish round
-                                        (["--polish-steps", "5000", "0"], "--polish-steps")])
+@pytest.mark.parametrize("bad, named", [
+    (["--more-steps", "2", "--more-images", "2", "1", *ROUNDS], "need one value per continue round"),
+    (["--more-steps", "0", "--more-images", "1", *ROUNDS], "each round needs a positive number of steps"),
+    (["--deepen-steps", "7000", "0"], "each round needs a positive number of steps"),
+    (["--polish-steps", "5000", "0"], "each round needs a positive number of steps"),
+    (["--video-clips", "-1"], "--video-clips must be >= 0"),
+    (["--video-weight", "0", "3"], "--video-weight positive"),
+    (["--video-weight", "2", "3", "3"], "one per polish round (2)"),
+    (["--polish-scenes", "0", "0", "0"], "--polish-scenes: counts must be >= 0"),
+])
 def test_recipe_refuses_bad_counts_before_any_work(tmp_path, bad, named):
     cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *bad,
            "--device", "cpu"]

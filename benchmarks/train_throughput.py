@@ -99,7 +99,7 @@ def main() -> None:
     tokens = sum(r["tokens"] for r in measured)
     seconds = sum(r["step_s"] for r in measured)
     print(json.dumps({
-        **({"model": args.model} if args.model else {"preset": args.preset}), "device": _device_name(args.device),
+        **source, "device": _device_name(args.device),
         "world_size": summary["world_size"], "seq_len": args.seq_len, "micro_batch_size": args.micro_batch_size,
         "grad_accum": args.grad_accum, "gradient_checkpointing": args.gradient_checkpointing,
         "lora_rank": args.lora_rank, "dtype": args.dtype, "parameters": _parameters(cfg_lm),

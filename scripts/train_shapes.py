@@ -435,9 +435,9 @@ def main() -> None:
     clips = stage_video(a.work, a)
     video = stage_prepare(a.work, clips, base, merged, a, name="prepared-video") if clips else None
     fresh = stage_polish_data(a.work, a)
+    fresh_sets = [stage_prepare(a.work, fresh, base, merged, a, name="prepared-polish")] if fresh else []
     for round_ in range(1, len(a.polish_steps) + 1):
-        extra = [stage_prepare(a.work, fresh, base, merged, a, name="prepared-polish")] if round_ > 1 else []
-        lm_export = stage_polish(a.work, round_, lm_export, sets + extra, video, a)
+        lm_export = stage_polish(a.work, round_, lm_export, sets + (fresh_sets if round_ > 1 else []), video, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

@@ -60,8 +60,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert [(Path(folder).name, weight) for folder, weight in polished2["fingerprint"]["data"]] == [
         *((name, 1.0) for name in trained_on), ("prepared-polish", 1.0), ("prepared-video", 2.0)]  # + fresh scenes
     fresh = [json.loads(line) for line in (tmp_path / "data-polish" / "manifest.jsonl").read_text().splitlines()]
-    assert [sum(("caption" in r and "image" in r, "turns" in r, "frames" in r)[k] for r in fresh)
-            for k in range(3)] == [3, 2, 1]  # --polish-scenes IMAGES VQA CLIPS
+    assert [sum("caption" in r and "image" in r for r in fresh), sum("turns" in r for r in fresh),
+            sum("frames" in r for r in fresh)] == [3, 2, 1]  # --polish-scenes IMAGES VQA CLIPS
     assert bundled["model"] == str(tmp_path / "lm-polish2" / "export" / "model")  # the last polished LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer

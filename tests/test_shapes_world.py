@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from emu3.datasets.shapes import (DIRECTIONS, HELD_OUT_PAIRS, PALETTE, CaptionError, Description, Mention, Mover,
-                                  Obj, Video, RelationClaim, Scene, caption_text, parse_caption, questions_for, render,
+                                  Obj, Video, RelationClaim, Scene, caption_text, parse_caption, place_questions,
+                                  questions_for, render,
                                   render_array, render_video, sample_captioned_scene, sample_video, scene_for,
                                   split_of, write_dataset)
 from emu3.datasets.shapes.split import relation_held_out
@@ -155,6 +156,44 @@ def test_questions_have_correct_unambiguous_answers(samples):
     assert questions_for(scene, random.Random(3), 3) == questions_for(scene, random.Random(3), 3)
 
 
+def test_place_questions_are_right_and_balanced_per_form(samples):
+    """Each form (position, relation) asks as many "yes" as "no", and every answer holds or fails clearly."""
+    import re
+
+    from emu3.datasets.shapes.captions import POSITION_PHRASES, RELATION_PHRASES
+    from emu3.datasets.shapes.questions import CERTAINTY_MARGIN as m
+
+    position = {phrases[0]: p for p, phrases in POSITION_PHRASES.items()}
+    relation = {phrases[0]: r for r, phrases in RELATION_PHRASES.items()}
+    pattern = re.compile(r"is the (\w+) (\w+) (.+?)(?: the (\w+) (\w+))?\?")
+    rng = random.Random(4)
+    answers = {"position": [], "relation": []}
+    for s in samples:
+        scene = s.scene
+        objects = {(o.color, o.shape): o for o in scene.objects}
+        asked = place_questions(scene, rng, 6)
+        assert len({qa.question for qa in asked}) == len(asked) <= 6
+        for qa in asked:
+            assert qa.kind == "yes_no" and qa.answer in ("yes", "no")
+            color, shape, phrase, color2, shape2 = pattern.fullmatch(qa.question).groups()
+            o = objects[color, shape]
+            margin = m if qa.answer == "yes" else -m
+            if color2 is None:
+                holds = position_holds(position[phrase], o.x, o.y, margin)
+                answers["position"].append(qa.answer)
+            else:
+                other = objects[color2, shape2]
+                holds = relation_holds(relation[phrase], (o.x, o.y), (other.x, other.y), margin)
+                answers["relation"].append(qa.answer)
+            assert holds == (qa.answer == "yes"), qa
+    for form, said in answers.items():
+        assert len(said) > 200 and 0.45 < said.count("yes") / len(said) < 0.55, form
+    scene = samples[1].scene
+    assert place_questions(scene, random.Random(3), 4) == place_questions(scene, random.Random(3), 4)
+    with pytest.raises(ValueError, match="at least one"):
+        place_questions(scene, rng, 0)
+
+
 def test_training_questions_never_name_a_held_out_composition():
     """Not even as a "no": "is there an orange circle?" -> "no" in training teaches that it never exists."""
     import re
@@ -176,6 +215,7 @@ def test_training_questions_never_name_a_held_out_composition():
         for _ in range(400):
             scene = sample_captioned_scene(rng, split).scene
             asked[split] += [qa.question for qa in questions_for(scene, rng, 6, split)]
+            asked[split] += [qa.question for qa in place_questions(scene, rng, 6, split)]
     assert not [q for q in asked["train"] if names_held_out(q)]
     assert [q for q in asked["heldout"] if names_held_out(q)]  # the check can fire
     assert any(relation_question.fullmatch(q) for q in asked["train"])  # relation questions are still asked
@@ -211,13 +251,18 @@ def test_videos_move_as_captioned_and_bounce_inside_the_picture():
 def test_write_dataset_is_deterministic_and_readable_by_training(tmp_path):
     from emu3.train.manifest import parse_record
 
-    a = write_dataset(tmp_path / "a", n_images=4, n_vqa=3, n_videos=2, seed=5)
-    b = write_dataset(tmp_path / "b", n_images=4, n_vqa=3, n_videos=2, seed=5)
+    a = write_dataset(tmp_path / "a", n_images=4, n_vqa=3, n_place=2, n_videos=2, seed=5)
+    b = write_dataset(tmp_path / "b", n_images=4, n_vqa=3, n_place=2, n_videos=2, seed=5)
     assert a.read_text() == b.read_text()
     lines = a.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     kinds = [sorted(r) for r in records]
-    assert kinds == [["caption", "image"]] * 4 + [["image", "turns"]] * 3 + [["caption", "frames"]] * 2
+    assert kinds == [["caption", "image"]] * 4 + [["image", "turns"]] * 5 + [["caption", "frames"]] * 2
+    place_turns = [turn for r in records[7:9] for turn in r["turns"]]
+    assert place_turns and all(t["question"].startswith("is the ") and t["answer"] in ("yes", "no")
+                               for t in place_turns)
+    without = write_dataset(tmp_path / "d", n_images=4, n_vqa=3, n_videos=2, seed=5)  # other records unchanged
+    assert [json.loads(line) for line in without.read_text().splitlines()][:7] == records[:7]
     assert records[0]["image"] == "img/000001.png" and len(records[-1]["frames"]) == 8
     for path in [r["image"] for r in records if "image" in r] + records[-1]["frames"]:
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
@@ -227,3 +272,5 @@ def test_write_dataset_is_deterministic_and_readable_by_training(tmp_path):
         write_dataset(tmp_path / "a", n_images=1)
     with pytest.raises(ValueError, match="n_vqa"):
         write_dataset(tmp_path / "c", n_vqa=-1)
+    with pytest.raises(ValueError, match="n_place"):
+        write_dataset(tmp_path / "c", n_place=1.5)

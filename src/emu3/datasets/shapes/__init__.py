@@ -21,7 +21,7 @@ from emu3.datasets.shapes.claims import (CATEGORIES, BackgroundClaim, Claim, Col
 from emu3.datasets.shapes.description import Description, Mention
 from emu3.datasets.shapes.layout import LayoutError, scene_for
 from emu3.datasets.shapes.manifest import write_dataset
-from emu3.datasets.shapes.questions import QA, QUESTION_KINDS, questions_for
+from emu3.datasets.shapes.questions import QA, QUESTION_KINDS, place_questions, questions_for
 from emu3.datasets.shapes.render import DEFAULT_IMAGE_SIZE, render, render_array
 from emu3.datasets.shapes.sampling import CaptionedScene, sample_captioned_scene, sample_description
 from emu3.datasets.shapes.scene import Obj, Scene
@@ -34,7 +34,7 @@ __all__ = [
     "CATEGORIES", "BackgroundClaim", "Claim", "ColorClaim", "CountClaim", "ObjectClaim", "PositionClaim",
     "RelationClaim", "ShapeClaim", "SizeClaim",
     "Description", "Mention", "LayoutError", "scene_for", "write_dataset",
-    "QA", "QUESTION_KINDS", "questions_for",
+    "QA", "QUESTION_KINDS", "place_questions", "questions_for",
     "DEFAULT_IMAGE_SIZE", "render", "render_array",
     "CaptionedScene", "sample_captioned_scene", "sample_description",
     "Obj", "Scene", "HELD_OUT_PAIRS", "HELD_OUT_RELATIONS", "SPLITS", "split_of",

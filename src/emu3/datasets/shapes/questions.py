@@ -1,4 +1,5 @@
-"""Questions about a Shapes scene with short, certain answers: `questions_for(scene, rng, n)`.
+"""Questions about a Shapes scene with short, certain answers: `questions_for(scene, rng, n)`, and
+`place_questions(scene, rng, n)`: yes/no questions about where objects are, balanced per form.
 
 Kinds of question (the `kind` field), with their answers:
 
@@ -26,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from emu3.datasets.shapes.captions import POSITION_PHRASES, RELATION_PHRASES, with_article
-from emu3.datasets.shapes.scene import Scene
+from emu3.datasets.shapes.scene import Obj, Scene
 from emu3.datasets.shapes.split import HELD_OUT_PAIRS, check_split, relation_held_out
 from emu3.datasets.shapes.world import COLORS, POSITIONS, RELATIONS, SHAPES, position_holds, relation_holds, where
 
@@ -47,12 +48,41 @@ def _yes_no(holds_strictly: bool, holds_leniently: bool) -> str | None:
     return "yes" if holds_strictly else None if holds_leniently else "no"
 
 
+def _place_yes_no(unique: list[Obj], training: bool) -> list[tuple[str, str, str]]:
+    """(form, question, answer) for every certain yes/no question about where the `unique` objects are:
+    form "position" ("is the red circle on the left?") or "relation" ("is the red circle above the blue
+    square?"); for training, no relation between shapes whose relation is held out. Draws nothing."""
+    m = CERTAINTY_MARGIN
+    out = []
+    for o in unique:
+        for p in POSITIONS:
+            answer = _yes_no(position_holds(p, o.x, o.y, m), position_holds(p, o.x, o.y, -m))
+            if answer is not None:
+                out.append(("position", f"is the {o.color} {o.shape} {POSITION_PHRASES[p][0]}?", answer))
+        for other in unique:
+            if other is o or (training and any(relation_held_out(o.shape, r, other.shape) for r in RELATIONS)):
+                continue
+            for r in RELATIONS:
+                a, b = (o.x, o.y), (other.x, other.y)
+                answer = _yes_no(relation_holds(r, a, b, m), relation_holds(r, a, b, -m))
+                if answer is not None:
+                    out.append(("relation", f"is the {o.color} {o.shape} {RELATION_PHRASES[r][0]} "
+                                            f"the {other.color} {other.shape}?", answer))
+    return out
+
+
+def _unique_objects(scene: Scene) -> list[Obj]:
+    """The objects no other object of the scene shares both color and shape with (nameable unambiguously)."""
+    pairs = Counter((o.color, o.shape) for o in scene.objects)
+    return [o for o in scene.objects if pairs[o.color, o.shape] == 1]
+
+
 def _candidates(scene: Scene, rng: random.Random, split: str) -> list[QA]:
     objs = scene.objects
     shapes = Counter(o.shape for o in objs)
     colors = Counter(o.color for o in objs)
     pairs = Counter((o.color, o.shape) for o in objs)
-    unique = [o for o in objs if pairs[o.color, o.shape] == 1]
+    unique = _unique_objects(scene)
     m = CERTAINTY_MARGIN
     out = [QA("what color is the background?", scene.background, "background"),
            QA("how many objects are there?", str(len(objs)), "count")]
@@ -73,20 +103,8 @@ def _candidates(scene: Scene, rng: random.Random, split: str) -> list[QA]:
               and not (training and (c, s) in HELD_OUT_PAIRS)]
     yes += [f"is there {with_article(f'{c} {s}')}?" for c, s in pairs]
     no += [f"is there {with_article(f'{c} {s}')}?" for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
-    for o in unique:
-        for p in POSITIONS:
-            answer = _yes_no(position_holds(p, o.x, o.y, m), position_holds(p, o.x, o.y, -m))
-            if answer is not None:
-                (yes if answer == "yes" else no).append(f"is the {o.color} {o.shape} {POSITION_PHRASES[p][0]}?")
-        for other in unique:
-            if other is o or (training and any(relation_held_out(o.shape, r, other.shape) for r in RELATIONS)):
-                continue
-            for r in RELATIONS:
-                a, b = (o.x, o.y), (other.x, other.y)
-                answer = _yes_no(relation_holds(r, a, b, m), relation_holds(r, a, b, -m))
-                if answer is not None:
-                    (yes if answer == "yes" else no).append(
-                        f"is the {o.color} {o.shape} {RELATION_PHRASES[r][0]} the {other.color} {other.shape}?")
+    for _, question, answer in _place_yes_no(unique, training):
+        (yes if answer == "yes" else no).append(question)
     k = min(len(yes), len(no)) or 1  # balance yes and no
     out += [QA(q, "yes", "yes_no") for q in rng.sample(yes, min(k, len(yes)))]
     out += [QA(q, "no", "yes_no") for q in rng.sample(no, min(k, len(no)))]
@@ -110,3 +128,25 @@ def questions_for(scene: Scene, rng: random.Random, n: int = 3, split: str = "he
         if not by_kind[kind]:
             kinds.remove(kind)
     return picked
+
+
+def place_questions(scene: Scene, rng: random.Random, n: int = 4, split: str = "heldout") -> list[QA]:
+    """Up to `n` distinct yes/no questions (kind "yes_no") about where `scene`'s objects are, drawn from
+    `rng` in yes/no pairs of one form each ("is the red circle on the left?", "is the red circle above
+    the blue square?"): per form, as many "yes" as "no" in expectation. `questions_for` mixes these
+    with "is there ...?" and, per form, asks mostly "no" (about 60% of its position and relation
+    questions), which let a model answer "no" to nearly all of them; this set teaches the grounding.
+    Fewer (possibly none) when the scene has fewer pairs; for the "train" split, none names a
+    held-out relation."""
+    if n < 1:
+        raise ValueError(f"ask at least one question, got n={n}")
+    asked = _place_yes_no(_unique_objects(scene), check_split(split) == "train")
+    pairs = []
+    for form in ("position", "relation"):
+        yes = [q for f, q, answer in asked if f == form and answer == "yes"]
+        no = [q for f, q, answer in asked if f == form and answer == "no"]
+        rng.shuffle(yes)
+        rng.shuffle(no)
+        pairs += [((y, "yes"), (x, "no")) if rng.random() < 0.5 else ((x, "no"), (y, "yes")) for y, x in zip(yes, no)]
+    rng.shuffle(pairs)
+    return [QA(q, answer, "yes_no") for pair in pairs for q, answer in pair][:n]

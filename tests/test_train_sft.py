@@ -129,3 +129,21 @@ def test_the_shipped_recipes_parse():
     assert len(recipes) >= 4
     for path in recipes:  # the folder names the command: configs/train/, configs/train-vq/
         load_config(VQTrainConfig if path.parent.name == "train-vq" else SFTConfig, path)
+
+
+@pytest.mark.parametrize("dtype, device, units, warned", [
+    ("bf16", "cpu", False, True), ("bf16", "cpu", True, False), ("fp32", "cpu", False, False),
+    ("auto", "cpu", False, False), ("bf16", "cuda", False, False)])
+def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch, dtype, device, units, warned):
+    import warnings
+
+    from emu3.train.loop import warn_if_bf16_is_slow
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_bf16_is_slow(LoopConfig(output="out", dtype=dtype), torch.device(device))
+    assert [str(w.message) for w in caught if "AMX" in str(w.message)] == (
+        ["--dtype bf16 on a CPU without AMX or AVX512-BF16: expect training far slower than with fp32 "
+         "(measure with benchmarks/train_throughput.py --dtype bf16)"] if warned else [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,23 @@ class FitResult:
     model_state: dict[str, torch.Tensor]  # full state of `task.module` (rank 0; empty elsewhere)
 
 
+def uses_bf16(cfg: LoopConfig, device: torch.device) -> bool:
+    return cfg.dtype in ("bf16", "bfloat16") or (cfg.dtype == "auto" and device.type == "cuda")
+
+
 def autocast(cfg: LoopConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast when asked for (default on GPU); fp32 otherwise."""
-    bf16 = cfg.dtype in ("bf16", "bfloat16") or (cfg.dtype == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(cfg, device) else contextlib.nullcontext()
+
+
+def warn_if_bf16_is_slow(cfg: LoopConfig, device: torch.device) -> None:
+    """Warn when bf16 is asked for on a CPU without bf16 matrix instructions (AMX or AVX512-BF16), where it
+    trains far slower than fp32 (about 30x on a 2-core AMD EPYC with AVX2 only; benchmarks/RESULTS.md)."""
+    has_bf16_units = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    if device.type == "cpu" and uses_bf16(cfg, device) and not has_bf16_units:
+        warnings.warn("--dtype bf16 on a CPU without AMX or AVX512-BF16: expect training far slower than with "
+                      "fp32 (measure with benchmarks/train_throughput.py --dtype bf16)", stacklevel=2)
 
 
 def total_steps(cfg: LoopConfig, plan: Plan) -> int:
@@ -101,6 +115,8 @@ def fit(cfg: LoopConfig, task: Task, info: DistInfo, on_step: StepCallback | Non
     total = total_steps(cfg, task.plan)
     optimizer = build_optimizer(task.module, cfg)
     first = _start(cfg, task, optimizer, info)
+    if info.is_main:
+        warn_if_bf16_is_slow(cfg, info.device)
     params = [p for p in task.module.parameters() if p.requires_grad]
     log = MetricsLog(output / LOG_FILE, output / "tensorboard" if cfg.tensorboard else None) if info.is_main else None
     progress = Progress("train", total, info.is_main and not cfg.quiet)

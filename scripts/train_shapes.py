@@ -40,15 +40,19 @@ checkpoint, so running the command again goes on where it stopped):
                  part, better answers, continued objects nearer where they belong. It repeats once per
                  round (`--polish-steps 5000 9000`; none: no such stage); rounds after the first add
                  fresh scenes (`--polish-scenes`, seed + 40) and draw the clips 3 times (`--video-weight 2 3`)
+10e. ground      fresh scenes (`--ground-scenes`, seed + 50) of which 5000 pictures carry yes/no questions about
+                 where their objects are, as many "yes" as "no" per form (`place_questions`); `emu3 train` from
+                 the polished LM on them alone, 1500 steps at 1e-4 cosine to 1e-5 (`--ground-steps`; 0: no such
+                 stage): the ordinary mix asks few such questions, mostly "no", and the LM answered "no" to all
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about thirteen hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+The defaults take about thirteen and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
 grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
 continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; fresh scenes 11 min; polish round 2
-76 min; figures in benchmarks/RESULTS.md; the stages before deepen were timed with gradient
-checkpointing, which the recipe now turns off: same math, less work). Every stage but polish round 2
+76 min; ground 36 min, on another 2-core CPU; figures in benchmarks/RESULTS.md; the stages before
+deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work). Every stage but polish round 2
 ran in fp32; that one ran with `--dtype bf16` (in fp32 it takes about 2 h), which on a CPU with AMX
 (`lscpu | grep amx`) trains about 1.6-1.8x faster (bf16 autocast with fp32 weights;
 benchmarks/RESULTS.md, "bf16 on a CPU").
@@ -82,13 +86,14 @@ def emu3(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def write_training_data(folder: Path, images: int, vqa: int, videos: int, seed: int) -> Path:
-    """Scenes of the training compositions (captioned pictures, pictures with 5 questions, clips) in `folder`."""
+def write_training_data(folder: Path, images: int, vqa: int, videos: int, seed: int, place: int = 0) -> Path:
+    """Scenes of the training compositions (captioned pictures, pictures with 5 questions, `place` pictures
+    with 5 yes/no questions about where their objects are, clips) in `folder`."""
     from emu3.datasets.shapes import write_dataset
 
     manifest = folder / "manifest.jsonl"
     if not manifest.is_file():
-        write_dataset(folder, n_images=images, n_vqa=vqa, n_videos=videos, seed=seed, image_size=64,
+        write_dataset(folder, n_images=images, n_vqa=vqa, n_place=place, n_videos=videos, seed=seed, image_size=64,
                       questions_per_image=5)
     return manifest
 
@@ -268,6 +273,23 @@ def stage_polish(work: Path, round_: int, lm_export: Path, data: list[Path], vid
                     warmup=50 if round_ == 1 else 100)
 
 
+def stage_ground(work: Path, lm_export: Path, base: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    """The last LM stage: `--ground-steps` on fresh scenes (`--ground-scenes`, seed + 50) in which one picture
+    in five or so carries yes/no questions about where its objects are, as many "yes" as "no" per form
+    (`emu3.datasets.shapes.place_questions`), at a low learning rate (`--ground-lr` cosine to a tenth of it,
+    50 warm-up steps). The ordinary question mix asks few of them, mostly "no", and the LM had learnt to
+    answer "no" to nearly all. `lm_export` itself when `--ground-steps` is 0."""
+    if not a.ground_steps:
+        return lm_export
+    images, vqa, place, clips = a.ground_scenes
+    data = write_training_data(work / "data-ground", images, vqa, clips, a.seed + 50, place=place)
+    sets = [str(stage_prepare(work, data, base, vq_dir, a, name="prepared-ground"))]
+    out = record_source(work / "lm-ground", {"model": str(lm_export / "model"), "data": sets,
+                                             "scenes": a.ground_scenes})
+    return train_lm(out, lm_export / "model", sets, a.ground_steps, a.ground_lr, a,
+                    min_lr=f"{float(a.ground_lr) / 10:g}", warmup=50)
+
+
 def record_source(out: Path, source: dict) -> Path:
     """`out`, a stage's folder, with `source.json` recording what the stage starts from. When an earlier run
     of the stage started from something else (a new round before it, other settings), stop rather than go
@@ -397,6 +419,12 @@ def main() -> None:
     p.add_argument("--video-weight", type=float, nargs="+",
                    help="times the video set is drawn per epoch: one value per polish round, or one for all "
                         "(default: 2 in round 1, 3 after)")
+    p.add_argument("--ground-steps", type=int, default=1500,
+                   help="steps of the ground stage, on fresh scenes with place questions (0: no such stage)")
+    p.add_argument("--ground-scenes", type=int, nargs=4, default=[12000, 4000, 5000, 1000],
+                   metavar=("IMAGES", "VQA", "PLACE", "CLIPS"),
+                   help="fresh scenes of the ground stage: PLACE pictures carry 5 place questions each")
+    p.add_argument("--ground-lr", default="1e-4", help="peak learning rate of the ground stage")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -417,6 +445,8 @@ def main() -> None:
                 f"({polish_rounds})")
     if polish_rounds > 1 and (min(a.polish_scenes) < 0 or not sum(a.polish_scenes)):
         p.error("--polish-scenes: counts must be >= 0, and not all 0 when there is more than one polish round")
+    if a.ground_steps < 0 or (a.ground_steps and (min(a.ground_scenes) < 0 or not a.ground_scenes[2])):
+        p.error("--ground-steps must be >= 0, and --ground-scenes counts >= 0 with some PLACE pictures")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)
     pictures = stage_pictures(a.work, data, a)
@@ -438,6 +468,7 @@ def main() -> None:
     fresh_sets = [stage_prepare(a.work, fresh, base, merged, a, name="prepared-polish")] if fresh else []
     for round_ in range(1, len(a.polish_steps) + 1):
         lm_export = stage_polish(a.work, round_, lm_export, sets + (fresh_sets if round_ > 1 else []), video, a)
+    lm_export = stage_ground(a.work, lm_export, base, merged, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

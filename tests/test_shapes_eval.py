@@ -129,6 +129,30 @@ def test_answer_scores_by_whether_the_subject_is_a_held_out_pair():
     assert set(training.subjects) == {"other object"}
 
 
+def test_yes_no_answers_are_scored_by_form_and_truth():
+    """A model answering "no" to every question about a place scores 0 on the "position, yes" row."""
+    import re
+
+    items = eval_questions(400, seed=3)
+    asked = [item for item in items if item.kind == "yes_no"]
+    assert all(item.form is not None for item in asked) and all(item.form is None for item in items
+                                                                 if item.kind != "yes_no")
+    relation = re.compile(r"is the \w+ \w+ .+ the \w+ \w+\?")
+    for item in asked:  # the form is what the question's wording says
+        expected = ("presence" if item.question.startswith("is there ") else
+                    "relation" if relation.fullmatch(item.question) else "position")
+        assert item.form == expected, item
+    always_no = score_answers(items, ["no" if item.form in ("position", "relation") else item.answer
+                                      for item in items])
+    assert always_no.forms["position, yes"] == always_no.forms["relation, yes"] == 0.0
+    assert always_no.forms["position, no"] == always_no.forms["presence, yes"] == 1.0
+    assert sum(always_no.form_counts.values()) == len(asked)
+    assert list(always_no.forms) == [k for k in ("presence, yes", "presence, no", "position, yes", "position, no",
+                                                 "relation, yes", "relation, no") if k in always_no.forms]
+    text = format_report(evaluate_shapes(answer=lambda image, question: "no", n_questions=60))
+    assert "yes/no questions by form" in text and "position, yes" in text
+
+
 def test_motion_scores_ground_truth_high_and_wrong_motion_low():
     video = sample_video(random.Random(4), 8, max_objects=2)
     frames = render_video(video)

@@ -178,6 +178,7 @@ def test_place_questions_are_right_and_balanced_per_form(samples):
             color, shape, phrase, color2, shape2 = pattern.fullmatch(qa.question).groups()
             o = objects[color, shape]
             margin = m if qa.answer == "yes" else -m
+            assert qa.form == ("position" if color2 is None else "relation")
             if color2 is None:
                 holds = position_holds(position[phrase], o.x, o.y, margin)
                 answers["position"].append(qa.answer)

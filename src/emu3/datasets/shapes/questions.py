@@ -12,6 +12,7 @@ Kinds of question (the `kind` field), with their answers:
 * "background": "what color is the background?" -> "black"
 * "yes_no": "is there a blue square?", "is the red circle above the blue square?",
   "is the red circle on the left?" -> "yes" / "no", about as many of each
+  (their `QA.form`: "presence", "relation", "position")
 
 A question is only asked when its answer is unambiguous: the object it names is the only one of
 its kind, and positions and relations hold (or fail) by at least `CERTAINTY_MARGIN`. Questions for
@@ -32,6 +33,7 @@ from emu3.datasets.shapes.split import HELD_OUT_PAIRS, check_split, relation_hel
 from emu3.datasets.shapes.world import COLORS, POSITIONS, RELATIONS, SHAPES, position_holds, relation_holds, where
 
 QUESTION_KINDS: tuple[str, ...] = ("color", "shape", "count", "position", "background", "yes_no")
+YES_NO_FORMS: tuple[str, ...] = ("presence", "position", "relation")
 CERTAINTY_MARGIN = 0.03
 
 
@@ -41,6 +43,7 @@ class QA:
     answer: str
     kind: str
     subject: tuple[str, str] | None = None  # (color, shape) of the object a color or shape question is about
+    form: str | None = None  # of a yes/no question: one of YES_NO_FORMS
 
 
 def _yes_no(holds_strictly: bool, holds_leniently: bool) -> str | None:
@@ -101,13 +104,14 @@ def _candidates(scene: Scene, rng: random.Random, split: str) -> list[QA]:
     training = split == "train"
     absent = [(c, s) for c in COLORS for s in SHAPES if c != scene.background and (c, s) not in pairs
               and not (training and (c, s) in HELD_OUT_PAIRS)]
-    yes += [f"is there {with_article(f'{c} {s}')}?" for c, s in pairs]
-    no += [f"is there {with_article(f'{c} {s}')}?" for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
-    for _, question, answer in _place_yes_no(unique, training):
-        (yes if answer == "yes" else no).append(question)
+    yes += [(f"is there {with_article(f'{c} {s}')}?", "presence") for c, s in pairs]
+    no += [(f"is there {with_article(f'{c} {s}')}?", "presence")
+           for c, s in rng.sample(absent, min(len(absent), len(pairs)))]
+    for form, question, answer in _place_yes_no(unique, training):
+        (yes if answer == "yes" else no).append((question, form))
     k = min(len(yes), len(no)) or 1  # balance yes and no
-    out += [QA(q, "yes", "yes_no") for q in rng.sample(yes, min(k, len(yes)))]
-    out += [QA(q, "no", "yes_no") for q in rng.sample(no, min(k, len(no)))]
+    out += [QA(q, "yes", "yes_no", form=form) for q, form in rng.sample(yes, min(k, len(yes)))]
+    out += [QA(q, "no", "yes_no", form=form) for q, form in rng.sample(no, min(k, len(no)))]
     return out
 
 
@@ -147,6 +151,8 @@ def place_questions(scene: Scene, rng: random.Random, n: int = 4, split: str = "
         no = [q for f, q, answer in asked if f == form and answer == "no"]
         rng.shuffle(yes)
         rng.shuffle(no)
-        pairs += [((y, "yes"), (x, "no")) if rng.random() < 0.5 else ((x, "no"), (y, "yes")) for y, x in zip(yes, no)]
+        for y, x in zip(yes, no):
+            pair = (QA(y, "yes", "yes_no", form=form), QA(x, "no", "yes_no", form=form))
+            pairs.append(pair if rng.random() < 0.5 else pair[::-1])
     rng.shuffle(pairs)
-    return [QA(q, answer, "yes_no") for pair in pairs for q, answer in pair][:n]
+    return [qa for pair in pairs for qa in pair][:n]

@@ -7,7 +7,8 @@
   claims that hold (`claims`), and the fraction per claim category.
 * `eval_questions(n, seed, split, image_size)` / `score_answers(items, answers)`: rendered
   ground-truth scenes with one question each, and answer accuracy overall, per question kind, and
-  for color and shape questions by their subject: a held-out (color, shape) pair or another object.
+  for color and shape questions by their subject: a held-out (color, shape) pair or another object,
+  and for yes/no questions by form (presence, position, relation) and true answer.
 * `eval_videos(n, seed, split)` / `score_videos(items, continuations)`: held-out 8-frame clips
   at 64x64, every second frame kept (4 frames, the training layout of the bundled model); the first
   `VIDEO_CONTEXT` are the context, the rest are scored with `motion.compare_motion` against the true
@@ -47,7 +48,7 @@ from PIL import Image
 from emu3.datasets.shapes.captions import caption_text
 from emu3.datasets.shapes.claims import CATEGORIES, Claim
 from emu3.datasets.shapes.description import Description
-from emu3.datasets.shapes.questions import QUESTION_KINDS, questions_for
+from emu3.datasets.shapes.questions import QUESTION_KINDS, YES_NO_FORMS, questions_for
 from emu3.datasets.shapes.render import DEFAULT_IMAGE_SIZE, render
 from emu3.datasets.shapes.sampling import sample_captioned_scene
 from emu3.datasets.shapes.scene import Scene
@@ -84,6 +85,7 @@ class QuestionItem:
     answer: str
     kind: str
     subject: tuple[str, str] | None = None  # the (color, shape) a color or shape question is about
+    form: str | None = None  # of a yes/no question: presence, position or relation (`YES_NO_FORMS`)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,10 @@ class AnswerScores:
     # first names one attribute the LM never saw with the answer ("what shape is the yellow object?")
     subjects: dict[str, float]  # "held-out pair" / "other object" -> accuracy (keys with no question left out)
     subject_counts: dict[str, int]
+    # yes/no questions by form and true answer ("position, yes"): a model answering "no" to every
+    # question of a form scores 0 on its "yes" row (keys with no question left out)
+    forms: dict[str, float] = field(default_factory=dict)
+    form_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,7 @@ def eval_questions(n: int = DEFAULT_QUESTIONS, seed: int = 0, split: str = "held
     for _ in range(n):
         scene = sample_captioned_scene(rng, split).scene
         qa, = questions_for(scene, rng, 1)
-        items.append(QuestionItem(render(scene, image_size), qa.question, qa.answer, qa.kind, qa.subject))
+        items.append(QuestionItem(render(scene, image_size), qa.question, qa.answer, qa.kind, qa.subject, qa.form))
     return items
 
 
@@ -234,16 +240,21 @@ def score_answers(items: Sequence[QuestionItem], answers: Sequence[str]) -> Answ
         raise ValueError("no questions to score")
     right: dict[str, list[bool]] = defaultdict(list)
     by_subject: dict[str, list[bool]] = defaultdict(list)
+    by_form: dict[str, list[bool]] = defaultdict(list)
     for item, answer in zip(items, answers):
         ok = answer_matches(answer, item.answer)
         right[item.kind].append(ok)
         if item.subject is not None:
             by_subject[SUBJECTS[item.subject not in HELD_OUT_PAIRS]].append(ok)
+        if item.form is not None:
+            by_form[f"{item.form}, {item.answer}"].append(ok)
     flat = [float(ok) for results in right.values() for ok in results]
     kinds, kind_counts = _by_group(right, QUESTION_KINDS)
     subjects, subject_counts = _by_group(by_subject, SUBJECTS)
+    forms, form_counts = _by_group(by_form, [f"{form}, {truth}" for form in YES_NO_FORMS for truth in ("yes", "no")])
     return AnswerScores(n_questions=len(items), accuracy=mean(flat), accuracy_se=standard_error(flat),
-                        kinds=kinds, kind_counts=kind_counts, subjects=subjects, subject_counts=subject_counts)
+                        kinds=kinds, kind_counts=kind_counts, subjects=subjects, subject_counts=subject_counts,
+                        forms=forms, form_counts=form_counts)
 
 
 def eval_videos(n: int = DEFAULT_VIDEOS, seed: int = 0, split: str = "heldout") -> list[VideoItem]:
@@ -380,6 +391,9 @@ def format_report(report: ShapesReport) -> str:
         if a.subjects:
             lines += ["  color and shape questions about a"]
             lines += [f"  {k:<14}{cell(v)}{a.subject_counts[k]:>7}" for k, v in a.subjects.items()]
+        if a.forms:
+            lines += ["  yes/no questions by form, when the truth is"]
+            lines += [f"  {k:<14}{cell(v)}{a.form_counts[k]:>7}" for k, v in a.forms.items()]
     if report.videos is not None:
         v, baselines = report.videos, report.video_baselines
         # Beside each row, what the references score (`video_baselines`): standing still, the tokenizer's ceiling.

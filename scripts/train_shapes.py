@@ -52,10 +52,10 @@ The defaults take about thirteen and a half hours on a 2-core CPU (tokenizer 70 
 grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
 continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; fresh scenes 11 min; polish round 2
 76 min; ground 36 min, on another 2-core CPU; figures in benchmarks/RESULTS.md; the stages before
-deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work). Every stage but polish round 2
-ran in fp32; that one ran with `--dtype bf16` (in fp32 it takes about 2 h), which on a CPU with AMX
-(`lscpu | grep amx`) trains about 1.6-1.8x faster (bf16 autocast with fp32 weights;
-benchmarks/RESULTS.md, "bf16 on a CPU").
+deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work).
+Every stage but polish round 2 ran in fp32; that one ran with `--dtype bf16` (in fp32 it takes about
+2 h), which on a CPU with AMX (`lscpu | grep amx`) trains about 1.6-1.8x faster (bf16 autocast with
+fp32 weights; benchmarks/RESULTS.md, "bf16 on a CPU"); on a CPU without AMX, bf16 is far slower.
 On a GPU, raise the step counts (`--device cuda --vq-steps 40000 --lm-steps 40000 --more-steps 20000
 20000 --deepen-steps 20000 10000 --polish-steps 10000 20000 --lm-batch 64`).
 """

@@ -63,9 +63,11 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     fresh = [json.loads(line) for line in (tmp_path / "data-polish" / "manifest.jsonl").read_text().splitlines()]
     assert [sum("caption" in r and "image" in r for r in fresh), sum("turns" in r for r in fresh),
             sum("frames" in r for r in fresh)] == [3, 2, 1]  # --polish-scenes IMAGES VQA CLIPS
-    grounded = json.loads((tmp_path / "lm-ground" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    grounded = json.loads((tmp_path / "lm-ground" / "checkpoints" / "step-00000002" / "trainer_state.json")
+                          .read_text())
     assert grounded["config"]["model"] == str(tmp_path / "lm-polish2" / "export" / "model")  # after the polish
-    assert (grounded["config"]["lr"], grounded["config"]["min_lr"], grounded["config"]["warmup_steps"]) == (2e-4, 2e-5, 50)
+    config = grounded["config"]
+    assert (config["lr"], config["min_lr"], config["warmup_steps"]) == (2e-4, 2e-5, 50)  # a tenth of --ground-lr
     assert [(Path(folder).name, weight) for folder, weight in grounded["fingerprint"]["data"]] == [
         ("prepared-ground", 1.0)]
     ground = [json.loads(line) for line in (tmp_path / "data-ground" / "manifest.jsonl").read_text().splitlines()]

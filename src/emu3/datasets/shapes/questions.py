@@ -138,8 +138,9 @@ def place_questions(scene: Scene, rng: random.Random, n: int = 4, split: str = "
     """Up to `n` distinct yes/no questions (kind "yes_no") about where `scene`'s objects are, drawn from
     `rng` in yes/no pairs of one form each ("is the red circle on the left?", "is the red circle above
     the blue square?"): per form, as many "yes" as "no" in expectation. `questions_for` mixes these
-    with "is there ...?" and, per form, asks mostly "no" (about 60% of its position and relation
-    questions), which let a model answer "no" to nearly all of them; this set teaches the grounding.
+    with "is there ...?" and balances yes and no over all of them, not per form (60% of the position
+    questions in the bundled model's training sets are "no"); a model trained on that mix answered
+    "no" to nearly all of them. This set teaches the grounding.
     Fewer (possibly none) when the scene has fewer pairs; for the "train" split, none names a
     held-out relation."""
     if n < 1:

@@ -42,16 +42,19 @@ checkpoint, so running the command again goes on where it stopped):
                  fresh scenes (`--polish-scenes`, seed + 40) and draw the clips 3 times (`--video-weight 2 3`)
 10e. ground      fresh scenes (`--ground-scenes`, seed + 50) of which 5000 pictures carry yes/no questions about
                  where their objects are, as many "yes" as "no" per form (`place_questions`); `emu3 train` from
-                 the polished LM on them alone, 1500 steps at 1e-4 cosine to 1e-5 (`--ground-steps`; 0: no such
-                 stage): the ordinary mix asks few such questions, mostly "no", and the LM answered "no" to all
+                 the polished LM on them alone, 1500 steps at 1e-4 cosine to 1e-5: the ordinary mix asks few
+                 such questions, mostly "no", and the LM answered "no" to all. It repeats once per round
+                 (`--ground-steps 1500 1500`; none: no such stage), each round from the one before on fresh
+                 scenes of its own (four counts per round; seed + 51 for round 2, ...); round 2 gives twice as
+                 many pictures place questions (10000)
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about thirteen and a half hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+The defaults take about fourteen and a quarter hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
 grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
 continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; fresh scenes 11 min; polish round 2
-76 min; ground 36 min, on another 2-core CPU; figures in benchmarks/RESULTS.md; the stages before
+76 min; ground 36 + 49 min, on another 2-core CPU; figures in benchmarks/RESULTS.md; the stages before
 deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work).
 Every stage but polish round 2 ran in fp32; that one ran with `--dtype bf16` (in fp32 it takes about
 2 h), which on a CPU with AMX (`lscpu | grep amx`) trains about 1.6-1.8x faster (bf16 autocast with
@@ -273,20 +276,23 @@ def stage_polish(work: Path, round_: int, lm_export: Path, data: list[Path], vid
                     warmup=50 if round_ == 1 else 100)
 
 
-def stage_ground(work: Path, lm_export: Path, base: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
-    """The last LM stage: `--ground-steps` on fresh scenes (`--ground-scenes`, seed + 50) in which one picture
-    in five or so carries yes/no questions about where its objects are, as many "yes" as "no" per form
+def stage_ground(work: Path, round_: int, lm_export: Path, base: Path, vq_dir: Path, a: argparse.Namespace) -> Path:
+    """Ground round `round_` (1, 2, ...), the last LM stages: `--ground-steps` on fresh scenes of its own
+    (`--ground-scenes`, four counts per round, seed + 49 + round) in which some pictures carry yes/no
+    questions about where their objects are, as many "yes" as "no" per form
     (`emu3.datasets.shapes.place_questions`), at a low learning rate (`--ground-lr` cosine to a tenth of it,
     50 warm-up steps). The ordinary question mix asks few of them, mostly "no", and the LM had learnt to
-    answer "no" to nearly all. `lm_export` itself when `--ground-steps` is 0."""
-    if not a.ground_steps:
-        return lm_export
-    images, vqa, place, clips = a.ground_scenes
-    data = write_training_data(work / "data-ground", images, vqa, clips, a.seed + 50, place=place)
-    sets = [str(stage_prepare(work, data, base, vq_dir, a, name="prepared-ground"))]
-    out = record_source(work / "lm-ground", {"model": str(lm_export / "model"), "data": sets,
-                                             "scenes": a.ground_scenes})
-    return train_lm(out, lm_export / "model", sets, a.ground_steps, a.ground_lr, a,
+    answer "no" to nearly all."""
+    i = round_ - 1
+    scenes = a.ground_scenes[4 * i:4 * i + 4]
+    images, vqa, place, clips = scenes
+    data = write_training_data(round_folder(work, "data-ground", round_), images, vqa, clips, a.seed + 49 + round_,
+                               place=place)
+    prepared = round_folder(work, "prepared-ground", round_).name
+    sets = [str(stage_prepare(work, data, base, vq_dir, a, name=prepared))]
+    out = record_source(round_folder(work, "lm-ground", round_),
+                        {"model": str(lm_export / "model"), "data": sets, "scenes": scenes})
+    return train_lm(out, lm_export / "model", sets, a.ground_steps[i], a.ground_lr, a,
                     min_lr=f"{float(a.ground_lr) / 10:g}", warmup=50)
 
 
@@ -419,11 +425,12 @@ def main() -> None:
     p.add_argument("--video-weight", type=float, nargs="+",
                    help="times the video set is drawn per epoch: one value per polish round, or one for all "
                         "(default: 2 in round 1, 3 after)")
-    p.add_argument("--ground-steps", type=int, default=1500,
-                   help="steps of the ground stage, on fresh scenes with place questions (0: no such stage)")
-    p.add_argument("--ground-scenes", type=int, nargs=4, default=[12000, 4000, 5000, 1000],
-                   metavar=("IMAGES", "VQA", "PLACE", "CLIPS"),
-                   help="fresh scenes of the ground stage: PLACE pictures carry 5 place questions each")
+    p.add_argument("--ground-steps", type=int, nargs="*", default=[1500, 1500],
+                   help="steps of each ground round, on fresh scenes with place questions (none: no such stage)")
+    p.add_argument("--ground-scenes", type=int, nargs="+", default=[12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000],
+                   metavar="N",
+                   help="fresh scenes of each ground round, four counts per round: IMAGES VQA PLACE CLIPS (PLACE "
+                        "pictures carry 5 place questions each)")
     p.add_argument("--ground-lr", default="1e-4", help="peak learning rate of the ground stage")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
@@ -434,8 +441,9 @@ def main() -> None:
     rounds = len(a.more_steps)
     if any(len(counts) != rounds for counts in (a.more_images, a.more_vqa, a.more_videos)):
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
-    if any(steps <= 0 for steps in a.more_steps + a.deepen_steps + a.polish_steps):
-        p.error("--more-steps, --deepen-steps, --polish-steps: each round needs a positive number of steps")
+    if any(steps <= 0 for steps in a.more_steps + a.deepen_steps + a.polish_steps + a.ground_steps):
+        p.error("--more-steps, --deepen-steps, --polish-steps, --ground-steps: each round needs a positive number "
+                "of steps")
     polish_rounds = len(a.polish_steps)
     a.video_weight = a.video_weight or [2.0] + [3.0] * (polish_rounds - 1)
     if len(a.video_weight) == 1:
@@ -445,8 +453,11 @@ def main() -> None:
                 f"({polish_rounds})")
     if polish_rounds > 1 and (min(a.polish_scenes) < 0 or not sum(a.polish_scenes)):
         p.error("--polish-scenes: counts must be >= 0, and not all 0 when there is more than one polish round")
-    if a.ground_steps < 0 or (a.ground_steps and (min(a.ground_scenes) < 0 or not a.ground_scenes[2])):
-        p.error("--ground-steps must be >= 0, and --ground-scenes counts >= 0 with some PLACE pictures")
+    ground_rounds = len(a.ground_steps)
+    if (len(a.ground_scenes) != 4 * ground_rounds or min(a.ground_scenes, default=0) < 0
+            or not all(a.ground_scenes[4 * i + 2] for i in range(ground_rounds))):
+        p.error(f"--ground-scenes needs four counts >= 0 per ground round ({ground_rounds}), "
+                "IMAGES VQA PLACE CLIPS, with some PLACE pictures in each")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)
     pictures = stage_pictures(a.work, data, a)
@@ -468,7 +479,8 @@ def main() -> None:
     fresh_sets = [stage_prepare(a.work, fresh, base, merged, a, name="prepared-polish")] if fresh else []
     for round_ in range(1, len(a.polish_steps) + 1):
         lm_export = stage_polish(a.work, round_, lm_export, sets + (fresh_sets if round_ > 1 else []), video, a)
-    lm_export = stage_ground(a.work, lm_export, base, merged, a)
+    for round_ in range(1, len(a.ground_steps) + 1):
+        lm_export = stage_ground(a.work, round_, lm_export, base, merged, a)
     export = stage_bundle(a.work, lm_export, tokenizer)
     figures = stage_eval(export, a)
     print(json.dumps(figures, indent=2), flush=True)

@@ -18,7 +18,7 @@ TINY = ["--images", "6", "--vqa", "3", "--videos", "2", "--heldout-pictures", "3
         "--more-vqa", "1", "1", "--more-videos", "1", "1", "--deepen-layers", "1", "--deepen-steps", "2", "2",
         "--polish-steps", "2", "2", "--polish-lr", "2e-4", "--polish-min-lr", "2e-5", "--video-clips", "2",
         "--video-weight", "3", "2", "--polish-scenes", "3", "2", "1",
-        "--ground-steps", "2", "--ground-scenes", "2", "1", "2", "1", "--ground-lr", "2e-4",
+        "--ground-steps", "2", "2", "--ground-scenes", "2", "1", "2", "1", "1", "0", "3", "1", "--ground-lr", "2e-4",
         "--eval-prompts", "1", "--eval-questions", "1", "--eval-videos", "1", "--device", "cpu", "--dtype", "bf16"]
 
 
@@ -74,7 +74,15 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
     assert [sum("caption" in r and "image" in r for r in ground), sum("turns" in r for r in ground),
             sum("frames" in r for r in ground)] == [2, 1 + 2, 1]  # --ground-scenes IMAGES VQA PLACE CLIPS
     assert all(t["answer"] in ("yes", "no") for r in ground[3:5] for t in r["turns"])  # the place pictures
-    assert bundled["model"] == str(tmp_path / "lm-ground" / "export" / "model")  # the grounded LM is shipped
+    grounded2 = json.loads((tmp_path / "lm-ground2" / "checkpoints" / "step-00000002" / "trainer_state.json")
+                           .read_text())
+    assert grounded2["config"]["model"] == str(tmp_path / "lm-ground" / "export" / "model")  # round 2 follows 1
+    assert [(Path(folder).name, weight) for folder, weight in grounded2["fingerprint"]["data"]] == [
+        ("prepared-ground2", 1.0)]  # its own fresh scenes alone
+    ground2 = [json.loads(line) for line in (tmp_path / "data-ground2" / "manifest.jsonl").read_text().splitlines()]
+    assert [sum("caption" in r and "image" in r for r in ground2), sum("turns" in r for r in ground2),
+            sum("frames" in r for r in ground2)] == [1, 0 + 3, 1]  # the second four counts
+    assert bundled["model"] == str(tmp_path / "lm-ground2" / "export" / "model")  # the last grounded LM is shipped
     assert (tmp_path / "bundle" / "vision-tokenizer" / "config.json").is_file()
     assert (tmp_path / "bundle" / "vision-tokenizer" / "code_aliases.json").is_file()  # the merged tokenizer
     assert bundled["vision-tokenizer"] == str(tmp_path / "vq-grown" / "export" / "vision-tokenizer")
@@ -112,8 +120,10 @@ ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
     (["--video-weight", "0", "3"], "--video-weight positive"),
     (["--video-weight", "2", "3", "3"], "one per polish round (2)"),
     (["--polish-scenes", "0", "0", "0"], "--polish-scenes: counts must be >= 0"),
-    (["--ground-steps", "-1"], "--ground-steps must be >= 0"),
-    (["--ground-scenes", "100", "100", "0", "10"], "with some PLACE pictures"),
+    (["--ground-steps", "1500", "0"], "each round needs a positive number of steps"),
+    (["--ground-steps", "1500"], "four counts >= 0 per ground round (1)"),
+    (["--ground-steps", "9", "--ground-scenes", "100", "100", "0", "10"], "with some PLACE pictures"),
+    (["--ground-steps", "9", "--ground-scenes", "100", "-1", "5", "10"], "four counts >= 0 per ground round"),
 ])
 def test_recipe_refuses_bad_counts_before_any_work(tmp_path, bad, named):
     cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *bad,

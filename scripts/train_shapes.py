@@ -80,6 +80,8 @@ from emu3.defaults import GUIDANCE_SCALE
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BPE = REPO.parent / "shared" / "fixtures" / "emu3-tiny-original" / "Emu3-tiny" / "emu3.tiktoken"
 ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
+# IMAGES VQA PLACE CLIPS of each default ground round
+GROUND_SCENES = [12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000]
 
 
 def emu3(*args: str) -> None:
@@ -427,11 +429,11 @@ def main() -> None:
                         "(default: 2 in round 1, 3 after)")
     p.add_argument("--ground-steps", type=int, nargs="*", default=[1500, 1500],
                    help="steps of each ground round, on fresh scenes with place questions (none: no such stage)")
-    p.add_argument("--ground-scenes", type=int, nargs="+", default=[12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000],
-                   metavar="N",
+    p.add_argument("--ground-scenes", type=int, nargs="+", metavar="N",
                    help="fresh scenes of each ground round, four counts per round: IMAGES VQA PLACE CLIPS (PLACE "
-                        "pictures carry 5 place questions each)")
-    p.add_argument("--ground-lr", default="1e-4", help="peak learning rate of the ground stage")
+                        "pictures carry 5 place questions each; default: 12000 4000 5000 1000 in round 1, "
+                        "8000 3000 10000 1000 in round 2)")
+    p.add_argument("--ground-lr", default="1e-4", help="peak learning rate of each ground round")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=200)
@@ -454,6 +456,7 @@ def main() -> None:
     if polish_rounds > 1 and (min(a.polish_scenes) < 0 or not sum(a.polish_scenes)):
         p.error("--polish-scenes: counts must be >= 0, and not all 0 when there is more than one polish round")
     ground_rounds = len(a.ground_steps)
+    a.ground_scenes = a.ground_scenes or GROUND_SCENES[:4 * ground_rounds]
     if (len(a.ground_scenes) != 4 * ground_rounds or min(a.ground_scenes, default=0) < 0
             or not all(a.ground_scenes[4 * i + 2] for i in range(ground_rounds))):
         p.error(f"--ground-scenes needs four counts >= 0 per ground round ({ground_rounds}), "

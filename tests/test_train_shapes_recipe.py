@@ -121,7 +121,8 @@ ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
     (["--video-weight", "2", "3", "3"], "one per polish round (2)"),
     (["--polish-scenes", "0", "0", "0"], "--polish-scenes: counts must be >= 0"),
     (["--ground-steps", "1500", "0"], "each round needs a positive number of steps"),
-    (["--ground-steps", "1500"], "four counts >= 0 per ground round (1)"),
+    (["--ground-steps", "1500", "1500", "1500"], "four counts >= 0 per ground round (3)"),  # 2 default rounds
+    (["--ground-scenes", "100", "100", "5", "10"], "four counts >= 0 per ground round (2)"),
     (["--ground-steps", "9", "--ground-scenes", "100", "100", "0", "10"], "with some PLACE pictures"),
     (["--ground-steps", "9", "--ground-scenes", "100", "-1", "5", "10"], "four counts >= 0 per ground round"),
 ])

@@ -84,6 +84,22 @@ ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
 GROUND_SCENES = [12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000]
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (pictures, clips, steps)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a batch, a width, layers)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def emu3(*args: str) -> None:
     """Run one `emu3` command of this project, failing loudly."""
     cmd = [sys.executable, "-m", "emu3", *args]
@@ -385,81 +401,76 @@ def main() -> None:
                         "about 1.6-1.8x faster on a CPU with AMX)")
     p.add_argument("--bpe", type=Path, default=DEFAULT_BPE, help="the official emu3.tiktoken")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=10000, help="captioned training pictures")
-    p.add_argument("--vqa", type=int, default=6000, help="training pictures with 5 questions each")
-    p.add_argument("--videos", type=int, default=1500, help="captioned 8-frame clips (trained on frames 0, 2, 4, 6)")
-    p.add_argument("--heldout-pictures", type=int, default=4000,
+    p.add_argument("--images", type=count, default=10000, help="captioned training pictures")
+    p.add_argument("--vqa", type=count, default=6000, help="training pictures with 5 questions each")
+    p.add_argument("--videos", type=count, default=1500, help="captioned 8-frame clips (trained on frames 0, 2, 4, 6)")
+    p.add_argument("--heldout-pictures", type=count, default=4000,
                    help="pictures of held-out compositions for the vision tokenizer only (0: none)")
-    p.add_argument("--heldout-clips", type=int, default=300, help="the same, clips")
-    p.add_argument("--vq-steps", type=int, default=12000)
-    p.add_argument("--vq-batch", type=int, default=16, help="32x32 crops per VQ step")
-    p.add_argument("--vq-autoencoder-steps", type=int, default=300, help="plain-autoencoder steps before k-means")
+    p.add_argument("--heldout-clips", type=count, default=300, help="the same, clips")
+    p.add_argument("--vq-steps", type=count, default=12000)
+    p.add_argument("--vq-batch", type=positive, default=16, help="32x32 crops per VQ step")
+    p.add_argument("--vq-autoencoder-steps", type=count, default=300, help="plain-autoencoder steps before k-means")
     p.add_argument("--merge-tol", type=float, default=0.07, help="emu3 merge-codes --tol")
-    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
-    p.add_argument("--grow-blocks", type=int, default=1, help="residual blocks per level the grow stage adds")
-    p.add_argument("--grow-steps", type=int, default=4000,
+    p.add_argument("--decoder-steps", type=count, default=2000, help="decoder-only fine-tuning steps of 8 pictures")
+    p.add_argument("--grow-blocks", type=count, default=1, help="residual blocks per level the grow stage adds")
+    p.add_argument("--grow-steps", type=count, default=4000,
                    help="decoder-only steps after growing (0: no grow stage)")
-    p.add_argument("--grow-batch", type=int, default=16, help="whole pictures per grow step")
-    p.add_argument("--layers", type=int, default=4, help="LM layers")
-    p.add_argument("--hidden", type=int, default=256, help="LM width (8 heads, 2 kv heads; MLP 3x as wide)")
-    p.add_argument("--lm-steps", type=int, default=9000, help="LM steps from scratch")
-    p.add_argument("--lm-batch", type=int, default=16)
-    p.add_argument("--more-steps", type=int, nargs="*", default=[7000, 6000],
+    p.add_argument("--grow-batch", type=positive, default=16, help="whole pictures per grow step")
+    p.add_argument("--layers", type=positive, default=4, help="LM layers")
+    p.add_argument("--hidden", type=positive, default=256, help="LM width (8 heads, 2 kv heads; MLP 3x as wide)")
+    p.add_argument("--lm-steps", type=count, default=9000, help="LM steps from scratch")
+    p.add_argument("--lm-batch", type=positive, default=16)
+    p.add_argument("--more-steps", type=positive, nargs="*", default=[7000, 6000],
                    help="LM steps of each continue round (none: no such stage)")
-    p.add_argument("--more-images", type=int, nargs="+", default=[20000, 30000],
+    p.add_argument("--more-images", type=count, nargs="+", default=[20000, 30000],
                    help="captioned pictures of each round's more-data stage")
-    p.add_argument("--more-vqa", type=int, nargs="+", default=[8000, 10000],
+    p.add_argument("--more-vqa", type=count, nargs="+", default=[8000, 10000],
                    help="pictures with 5 questions of each round's more-data stage")
-    p.add_argument("--more-videos", type=int, nargs="+", default=[1000, 1000],
+    p.add_argument("--more-videos", type=count, nargs="+", default=[1000, 1000],
                    help="clips of each round's more-data stage")
-    p.add_argument("--deepen-layers", type=int, default=2, help="decoder layers each deepen round adds to the LM")
-    p.add_argument("--deepen-steps", type=int, nargs="*", default=[7000, 3000],
+    p.add_argument("--deepen-layers", type=positive, default=2, help="decoder layers each deepen round adds to the LM")
+    p.add_argument("--deepen-steps", type=positive, nargs="*", default=[7000, 3000],
                    help="steps of each deepen round (none: no such stage)")
     p.add_argument("--deepen-lr", default="1e-3", help="peak learning rate of the deepen stage")
-    p.add_argument("--polish-steps", type=int, nargs="*", default=[5000, 9000],
+    p.add_argument("--polish-steps", type=positive, nargs="*", default=[5000, 9000],
                    help="steps of each polish round (none: no such stage)")
-    p.add_argument("--polish-scenes", type=int, nargs=3, default=[24000, 8000, 3000],
+    p.add_argument("--polish-scenes", type=count, nargs=3, default=[24000, 8000, 3000],
                    metavar=("IMAGES", "VQA", "CLIPS"),
                    help="fresh scenes (one more prepared set) that the polish rounds after the first add")
     p.add_argument("--polish-lr", default="3e-4", help="peak learning rate of every polish round")
     p.add_argument("--polish-min-lr", default="3e-5", help="learning rate at every polish round's last step")
-    p.add_argument("--video-clips", type=int, default=8000, help="clips of the polish stage's video set (0: none)")
+    p.add_argument("--video-clips", type=count, default=8000, help="clips of the polish stage's video set (0: none)")
     p.add_argument("--video-weight", type=float, nargs="+",
                    help="times the video set is drawn per epoch: one value per polish round, or one for all "
                         "(default: 2 in round 1, 3 after)")
-    p.add_argument("--ground-steps", type=int, nargs="*", default=[1500, 1500],
+    p.add_argument("--ground-steps", type=positive, nargs="*", default=[1500, 1500],
                    help="steps of each ground round, on fresh scenes with place questions (none: no such stage)")
-    p.add_argument("--ground-scenes", type=int, nargs="+", metavar="N",
+    p.add_argument("--ground-scenes", type=count, nargs="+", metavar="N",
                    help="fresh scenes of each ground round, four counts per round: IMAGES VQA PLACE CLIPS (PLACE "
                         "pictures carry 5 place questions each; default: 12000 4000 5000 1000 in round 1, "
                         "8000 3000 10000 1000 in round 2)")
     p.add_argument("--ground-lr", default="1e-4", help="peak learning rate of each ground round")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
-    p.add_argument("--eval-prompts", type=int, default=100)
-    p.add_argument("--eval-questions", type=int, default=200)
-    p.add_argument("--eval-videos", type=int, default=20)
+    p.add_argument("--eval-prompts", type=count, default=100)
+    p.add_argument("--eval-questions", type=count, default=200)
+    p.add_argument("--eval-videos", type=count, default=20)
     p.add_argument("--install", action="store_true", help="copy the export into the package's assets")
     a = p.parse_args()
     rounds = len(a.more_steps)
     if any(len(counts) != rounds for counts in (a.more_images, a.more_vqa, a.more_videos)):
         p.error(f"--more-images, --more-vqa and --more-videos need one value per continue round ({rounds})")
-    if any(steps <= 0 for steps in a.more_steps + a.deepen_steps + a.polish_steps + a.ground_steps):
-        p.error("--more-steps, --deepen-steps, --polish-steps, --ground-steps: each round needs a positive number "
-                "of steps")
     polish_rounds = len(a.polish_steps)
     a.video_weight = a.video_weight or [2.0] + [3.0] * (polish_rounds - 1)
     if len(a.video_weight) == 1:
         a.video_weight = a.video_weight * polish_rounds
-    if a.video_clips < 0 or len(a.video_weight) != polish_rounds or not all(w > 0 for w in a.video_weight):
-        p.error(f"--video-clips must be >= 0 and --video-weight positive: one value, or one per polish round "
-                f"({polish_rounds})")
-    if polish_rounds > 1 and (min(a.polish_scenes) < 0 or not sum(a.polish_scenes)):
-        p.error("--polish-scenes: counts must be >= 0, and not all 0 when there is more than one polish round")
+    if len(a.video_weight) != polish_rounds or not all(w > 0 for w in a.video_weight):
+        p.error(f"--video-weight must be positive: one value, or one per polish round ({polish_rounds})")
+    if polish_rounds > 1 and not sum(a.polish_scenes):
+        p.error("--polish-scenes: not all 0 when there is more than one polish round")
     ground_rounds = len(a.ground_steps)
     a.ground_scenes = a.ground_scenes or GROUND_SCENES[:4 * ground_rounds]
-    if (len(a.ground_scenes) != 4 * ground_rounds or min(a.ground_scenes, default=0) < 0
-            or not all(a.ground_scenes[4 * i + 2] for i in range(ground_rounds))):
-        p.error(f"--ground-scenes needs four counts >= 0 per ground round ({ground_rounds}), "
+    if len(a.ground_scenes) != 4 * ground_rounds or not all(a.ground_scenes[4 * i + 2] for i in range(ground_rounds)):
+        p.error(f"--ground-scenes needs four counts per ground round ({ground_rounds}), "
                 "IMAGES VQA PLACE CLIPS, with some PLACE pictures in each")
     a.work.mkdir(parents=True, exist_ok=True)
     data = stage_data(a.work, a)

@@ -84,20 +84,19 @@ ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
 GROUND_SCENES = [12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000]
 
 
-def count(text: str) -> int:
-    """An argparse type: a whole number >= 0 (pictures, clips, steps)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def whole_number(minimum: int, name: str):
+    """An argparse type `name` (argparse names it in "invalid NAME value"): a whole number >= `minimum`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = name
+    return parse
 
 
-def positive(text: str) -> int:
-    """An argparse type: a whole number >= 1 (a batch, a width, layers)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+count = whole_number(0, "count")  # pictures, clips, steps
+positive = whole_number(1, "positive")  # a batch, a width, layers, the steps of a round
 
 
 def emu3(*args: str) -> None:
@@ -301,8 +300,7 @@ def stage_ground(work: Path, round_: int, lm_export: Path, base: Path, vq_dir: P
     (`emu3.datasets.shapes.place_questions`), at a low learning rate (`--ground-lr` cosine to a tenth of it,
     50 warm-up steps). The ordinary question mix asks few of them, mostly "no", and the LM had learnt to
     answer "no" to nearly all."""
-    i = round_ - 1
-    scenes = a.ground_scenes[4 * i:4 * i + 4]
+    scenes = a.ground_scenes[round_ - 1]
     images, vqa, place, clips = scenes
     data = write_training_data(round_folder(work, "data-ground", round_), images, vqa, clips, a.seed + 49 + round_,
                                place=place)
@@ -310,7 +308,7 @@ def stage_ground(work: Path, round_: int, lm_export: Path, base: Path, vq_dir: P
     sets = [str(stage_prepare(work, data, base, vq_dir, a, name=prepared))]
     out = record_source(round_folder(work, "lm-ground", round_),
                         {"model": str(lm_export / "model"), "data": sets, "scenes": scenes})
-    return train_lm(out, lm_export / "model", sets, a.ground_steps[i], a.ground_lr, a,
+    return train_lm(out, lm_export / "model", sets, a.ground_steps[round_ - 1], a.ground_lr, a,
                     min_lr=f"{float(a.ground_lr) / 10:g}", warmup=50)
 
 
@@ -468,8 +466,9 @@ def main() -> None:
     if polish_rounds > 1 and not sum(a.polish_scenes):
         p.error("--polish-scenes: not all 0 when there is more than one polish round")
     ground_rounds = len(a.ground_steps)
-    a.ground_scenes = a.ground_scenes or GROUND_SCENES[:4 * ground_rounds]
-    if len(a.ground_scenes) != 4 * ground_rounds or not all(a.ground_scenes[4 * i + 2] for i in range(ground_rounds)):
+    counts = a.ground_scenes or GROUND_SCENES[:4 * ground_rounds]
+    a.ground_scenes = [counts[i:i + 4] for i in range(0, len(counts), 4)]  # IMAGES VQA PLACE CLIPS per round
+    if len(counts) != 4 * ground_rounds or not all(place for _, _, place, _ in a.ground_scenes):
         p.error(f"--ground-scenes needs four counts per ground round ({ground_rounds}), "
                 "IMAGES VQA PLACE CLIPS, with some PLACE pictures in each")
     a.work.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,33 @@ def test_prepared_images_match_the_inference_encodings(prepared, tiny):
     t2i = shards[0].sample(0)
     expected = tiny.encode_image(rescale_to_area(load_image(folder / "a.png").convert("RGB"), 4096))
     assert torch.equal(codes_of(t2i), expected)
+
+
+def test_an_empty_manifest_a_file_as_output_or_a_corrupt_dataset_json_is_refused(tmp_path, emu3_fixture):
+    (tmp_path / "empty.jsonl").write_text("\n  \n")
+    with pytest.raises(DataError, match="holds no records"):
+        prepare(_cfg(tmp_path / "empty.jsonl", tmp_path / "out", emu3_fixture), torch.device("cpu"))
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "one.jsonl").write_text(json.dumps({"image": _image(tmp_path / "a.png"), "caption": "x"}) + "\n")
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(DataError, match="taken is a file, not a data folder"):
+        prepare(_cfg(tmp_path / "one.jsonl", tmp_path / "taken", emu3_fixture), torch.device("cpu"))
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "dataset.json").write_text('{"format": "emu3-tr')  # not "prepared with other settings"
+    with pytest.raises(DataError, match="dataset.json is unreadable .*pass --overwrite"):
+        prepare(_cfg(tmp_path / "one.jsonl", tmp_path / "cut", emu3_fixture), torch.device("cpu"))
+
+
+def test_manifest_byte_order_mark_and_folders_given_as_images(tmp_path):
+    from emu3.train.manifest import RecordError, parse_record, read_lines
+
+    _image(tmp_path / "a.png")
+    (tmp_path / "frames").mkdir()
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"image": "a.png", "caption": "x"}).encode() + b"\n")
+    ((line, text),) = read_lines(path)
+    assert parse_record(line, text, tmp_path).image == tmp_path / "a.png"
+    assert parse_record(1, json.dumps({"video": "frames", "caption": "x"}), tmp_path).video == tmp_path / "frames"
+    for record in ({"image": "frames", "caption": "x"}, {"frames": ["a.png", "frames"], "caption": "x"}):
+        with pytest.raises(RecordError, match="frames is a folder, not an image file"):
+            parse_record(1, json.dumps(record), tmp_path)

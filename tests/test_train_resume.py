@@ -92,3 +92,29 @@ def test_resume_refuses_changed_batch_settings_or_a_missing_checkpoint(setup):
     bigger.grad_accum = 2
     with pytest.raises(state.ResumeError, match="global_batch"):
         train_lm(bigger)
+
+
+def test_resuming_a_finished_run_reports_its_last_step_and_a_shorter_run_is_refused(setup):
+    tmp_path = setup
+    first = train_lm(_cfg(tmp_path, "run"))
+    again = train_lm(_cfg(tmp_path, "run", resume=True))  # nothing left to do: the last step's metrics
+    assert again["steps"] == 6 and again["loss"] == first["loss"] and again["step"] == 6
+    shorter = _cfg(tmp_path, "run", resume=True)
+    shorter.max_steps = 4
+    with pytest.raises(state.ResumeError, match="at step 6, past the 4 steps"):  # not "trained 4 steps"
+        train_lm(shorter)
+
+
+def test_a_corrupt_checkpoint_is_named_and_settings_are_checked_before_the_weights(setup):
+    tmp_path = setup
+    with pytest.raises(Killed):
+        train_lm(_cfg(tmp_path, "run"), on_step=_kill_after(3))
+    folder = state.latest(tmp_path / "run")
+    (folder / "rng-0.safetensors").write_bytes((folder / "rng-0.safetensors").read_bytes()[:100])
+    with pytest.raises(state.ResumeError, match="unreadable: rng-0.safetensors"):
+        train_lm(_cfg(tmp_path, "run", resume=True))
+    (folder / "model.safetensors").write_bytes(b"")
+    bigger = _cfg(tmp_path, "run", resume=True)
+    bigger.grad_accum = 2
+    with pytest.raises(state.ResumeError, match="global_batch"):  # the settings, not the weights, are at fault
+        train_lm(bigger)

@@ -91,6 +91,42 @@ def test_recipe_file_then_flags(tmp_path):
         SFTConfig(output="o", data=["d"])
 
 
+def test_recipe_values_of_the_wrong_type_are_refused_naming_the_setting(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('output = "o"\ndata = "d"\nmodel = "m"\nlr = 1\nbetas = [0.8, 0.9]\n')
+    cfg = load_config(SFTConfig, recipe)
+    assert (cfg.data, cfg.lr, cfg.betas) == (["d"], 1.0, (0.8, 0.9))  # one folder, not ["d"] letter by letter
+    for line, message in [('max_steps = "10"', "'max_steps' in .* must be a whole number, got '10'"),
+                          ("micro_batch_size = 2.5", "'micro_batch_size' .* whole number, got 2.5"),
+                          ("init = 1", "'init' .* true or false"), ("betas = [0.9]", "'betas' .* list of 2 numbers"),
+                          ("lora_targets = [1]", "'lora_targets' .* a string, got 1")]:
+        recipe.write_text(f'output = "o"\ndata = ["d"]\nmodel = "m"\n{line}\n')
+        with pytest.raises(ValueError, match=message):
+            load_config(SFTConfig, recipe)
+
+
+def test_bad_data_is_refused_before_the_weights_are_read(tmp_path, monkeypatch):
+    from emu3.train import sft
+    from emu3.train.shards import DataError
+
+    t2i_dataset(tmp_path / "data")
+    base = base_model(tmp_path / "base")
+    (tmp_path / "m.jsonl").write_text("{}\n")
+    monkeypatch.setattr(sft.ckpt, "load_lm", lambda *a, **k: pytest.fail("the weights were read first"))
+    for data, message in [(tmp_path / "m.jsonl", "is not a prepared data folder: it is a file"),
+                          (f"{tmp_path / 'data'}:inf", "weight must be a positive number, got inf"),
+                          (f"{tmp_path / 'data'}:0", "weight must be a positive number, got 0")]:
+        with pytest.raises(DataError, match=message):
+            train_lm(SFTConfig(output=str(tmp_path / "run"), data=[str(data)], model=str(base), quiet=True))
+    t2i_dataset(tmp_path / "big", h=16, w=16)  # 16 x 17 visual tokens: longer than the 256-token context
+    with pytest.raises(DataError, match="no usable training example in .*big .*longer than 256 tokens"):
+        train_lm(SFTConfig(output=str(tmp_path / "run"), data=[str(tmp_path / "data"), str(tmp_path / "big")],
+                           model=str(base), quiet=True))
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train_lm(SFTConfig(output=str(tmp_path / "run"), data=[str(tmp_path / "data")], model=str(base),
+                           micro_batch_size=8, quiet=True))
+
+
 def test_train_command_from_a_preset_exports_a_model_that_generate_loads(tmp_path, emu3_fixture, capsys):
     """`--preset tiny --init` (the real vocabulary) on data prepared with the fixture's tokenizers; the
     export carries the tokenizer files and the vision tokenizer beside it, so `emu3 generate` runs."""

@@ -176,6 +176,7 @@ def test_codebook_initialisation_puts_codes_on_latents(emu3_fixture):
     (["--crop", "40"], "crop must be between 0 and resolution"),
     (["--crop", "12"], "crop 12 must be a multiple of the spatial factor 8"),
     (["--autoencoder-steps", "-1"], "autoencoder_steps must be >= 0"),
+    (["--autoencoder-steps", "1"], "autoencoder_steps (1) must be fewer than the run's 1 steps"),  # random codebook
     (["--export-encoder-dtype", "bf16"], "export_encoder_dtype must be fp32 or fp16"),
 ])
 def test_bad_crop_and_warmup_flags(tmp_path, capsys, manifest, flags, message):

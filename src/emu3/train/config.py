@@ -7,14 +7,16 @@ cosine decay to 1e-6, weight decay 0.1, betas (0.9, 0.95), eps 1e-6, clipping at
 4 accumulation steps, 4 epochs, caption dropout 0.05, gradient checkpointing.
 
 `load_config(cls, file, overrides)` layers dataclass defaults < a TOML/JSON recipe < explicit flags.
-Unknown keys raise, naming them. Each field's `help` metadata is also its command-line help. This
-module does not parse argv (see `train/cli.py`) and does not touch models or files beyond the recipe.
+Unknown keys and values of the wrong type (a string for a number, a fraction for a count) raise,
+naming them. Each field's `help` metadata is also its command-line help. This module does not parse
+argv (see `train/cli.py`) and does not touch models or files beyond the recipe.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,8 +119,8 @@ class SFTConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.data = list(self.data)
-        self.lora_targets = list(self.lora_targets)
+        self.data = [self.data] if isinstance(self.data, str) else list(self.data)  # a recipe may name one
+        self.lora_targets = [self.lora_targets] if isinstance(self.lora_targets, str) else list(self.lora_targets)
         if not self.data:
             raise ValueError("no training data: give --data DIR (a folder written by `emu3 prepare`)")
         if (self.model is None) == (self.preset is None):
@@ -144,7 +146,7 @@ class VQTrainConfig(LoopConfig):
     data: list[str] = opt([], "JSONL manifests of images / videos / frame lists (captions are ignored); "
                               "several are trained on as one set")
     vision_tokenizer: str | None = opt(None, "vision-tokenizer folder to fine-tune")
-    preset: str | None = opt(None, "build the tokenizer from a preset instead (tiny, emu3-vq; needs --init)")
+    preset: str | None = opt(None, "build the tokenizer from a preset instead (tiny, shapes, emu3-vq; needs --init)")
     init: bool = opt(False, "random initialisation instead of the --vision-tokenizer weights")
     add_res_blocks: int = opt(0, "grow the loaded tokenizer by N residual blocks per level, new blocks starting "
                                  "as the identity (emu3.train.deepen): with --decoder-only, a bigger decoder "
@@ -245,7 +247,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ValueError(f"cannot read config file {path}: {exc}") from None
     try:
-        data = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw.decode("utf-8"))
+        data = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw.decode("utf-8-sig"))
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
         raise ValueError(f"config file {path} is not valid {kind}: {exc}") from None
@@ -254,14 +256,41 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _typed(name: str, value: Any, kind: Any, source: str) -> Any:
+    """`value` checked against the field type `kind` (ints widen to floats; one string is a one-entry list)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(t for t in args if t is not type(None))
+    origin = typing.get_origin(kind)
+    if origin in (list, tuple):
+        items = [value] if origin is list and isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and (origin is list or len(items) == len(typing.get_args(kind))):
+            return origin(_typed(name, item, typing.get_args(kind)[0], source) for item in items)
+    elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    want = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if origin in (list, tuple):
+        n = f"{len(typing.get_args(kind))} " if origin is tuple else ""
+        expected = f"a list of {n}{'numbers' if typing.get_args(kind)[0] is float else 'strings'}"
+    else:
+        expected = want.get(kind, kind.__name__)
+    raise ValueError(f"setting {name!r} in {source} must be {expected}, got {value!r}")
+
+
 def load_config(cls: type[C], file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """`cls` from its defaults, then the recipe `file`, then `overrides` (explicit flags)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """`cls` from its defaults, then the recipe `file`, then `overrides` (explicit flags). A value of
+    the wrong type (a string for a number, a fraction for a count) is refused, naming the setting."""
+    kinds = {name: kind for name, kind in typing.get_type_hints(cls).items()
+             if name in {f.name for f in dataclasses.fields(cls)}}
     values: dict[str, Any] = {}
     for source, table in ((str(file), read_recipe(file) if file else {}), ("flags", overrides or {})):
         table = {key.replace("-", "_"): value for key, value in table.items()}
-        unknown = sorted(set(table) - names)
+        unknown = sorted(set(table) - set(kinds))
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} settings {unknown} in {source}; known: {sorted(names)}")
-        values.update(table)
+            raise ValueError(f"unknown {cls.__name__} settings {unknown} in {source}; known: {sorted(kinds)}")
+        values.update({key: _typed(key, value, kinds[key], source) for key, value in table.items()})
     return cls(**values)

@@ -83,24 +83,40 @@ def total_steps(cfg: LoopConfig, plan: Plan) -> int:
     return cfg.max_steps or cfg.epochs * plan.steps_per_epoch
 
 
-def _start(cfg: LoopConfig, task: Task, optimizer, info: DistInfo) -> int:
+def check_output(cfg: LoopConfig) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run), or an error when `--output` does not suit
+    `--resume`: a fresh run into a folder holding checkpoints, or a resumption with none. Cheap, so the
+    commands call it before loading anything."""
     output = Path(cfg.output)
     found = state.latest(output)
-    if not cfg.resume:
-        if found is not None:
-            raise state.ResumeError(f"{output} already holds checkpoints ({found.name}); pass --resume to "
-                                    "continue, or choose another --output")
-        return 0
-    if found is None:
+    if not cfg.resume and found is not None:
+        raise state.ResumeError(f"{output} already holds checkpoints ({found.name}); pass --resume to "
+                                "continue, or choose another --output")
+    if cfg.resume and found is None:
         raise state.ResumeError(f"--resume: no checkpoint in {output / state.CHECKPOINTS}")
-    saved = state.load(found, task.module, optimizer, info)
+    return found
+
+
+def _start(cfg: LoopConfig, task: Task, optimizer, info: DistInfo, total: int) -> tuple[int, dict[str, Any]]:
+    """(the step to start from, the metrics of the step before it) after restoring a checkpoint if resuming.
+
+    The checkpoint's settings are checked before its weights are read, so a refusal comes at once."""
+    found = check_output(cfg)
+    if found is None:
+        return 0, {}
+    saved = state.read_state(found)
     now = task.fingerprint()
     if saved.get("fingerprint") != now:
         changed = sorted(k for k in set(now) | set(saved.get("fingerprint", {}))
                          if now.get(k) != saved.get("fingerprint", {}).get(k))
         raise state.ResumeError(f"cannot resume {found}: the data or batch settings changed ({changed}), "
                                 "so the run would not continue where it stopped")
-    return int(saved["step"])
+    step = int(saved["step"])
+    if step > total:
+        raise state.ResumeError(f"cannot resume {found}: it is at step {step}, past the {total} steps this run is "
+                                f"set to (raise --max-steps or --epochs; `emu3 export {found}` writes its model)")
+    state.load(found, task.module, optimizer, info)
+    return step, saved.get("last", {})
 
 
 def _grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
@@ -114,14 +130,13 @@ def fit(cfg: LoopConfig, task: Task, info: DistInfo, on_step: StepCallback | Non
     output = Path(cfg.output)
     total = total_steps(cfg, task.plan)
     optimizer = build_optimizer(task.module, cfg)
-    first = _start(cfg, task, optimizer, info)
+    first, final = _start(cfg, task, optimizer, info, total)  # final: the last step's metrics, until a step runs
     if info.is_main:
         warn_if_bf16_is_slow(cfg, info.device)
     params = [p for p in task.module.parameters() if p.requires_grad]
     log = MetricsLog(output / LOG_FILE, output / "tensorboard" if cfg.tensorboard else None) if info.is_main else None
     progress = Progress("train", total, info.is_main and not cfg.quiet)
     progress.update(first)
-    final: dict[str, Any] = {}
     model_state: dict[str, torch.Tensor] = {}
     task.module.train()
     try:

@@ -61,7 +61,7 @@ def read_lines(path: str | Path) -> list[tuple[int, str]]:
     """(line number, text) of the non-blank lines of a manifest."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not a record
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -78,13 +78,16 @@ def _text(data: dict, key: str, where: str) -> str:
     return value
 
 
-def _path(value: object, base: Path, where: str) -> Path:
+def _path(value: object, base: Path, where: str, folder_ok: bool = False) -> Path:
+    """An existing path; a folder only where `folder_ok` (a video given as a folder of frames)."""
     if not isinstance(value, str) or not value:
         raise RecordError("invalid record", f"{where}: a path must be a non-empty string, got {value!r}")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base / path
     if not path.exists():
         raise RecordError("missing file", f"{where}: file not found: {path}")
+    if path.is_dir() and not folder_ok:
+        raise RecordError("invalid record", f"{where}: {path} is a folder, not an image file")
     return path
 
 
@@ -106,7 +109,7 @@ def parse_record(line: int, text: str, base: Path, *, need_text: bool = True) ->
     if len(media) != 1:
         raise RecordError("invalid record", f"{where}: needs exactly one of 'image', 'video', 'frames', got {media}")
     image = _path(data["image"], base, where) if "image" in data else None
-    video = _path(data["video"], base, where) if "video" in data else None
+    video = _path(data["video"], base, where, folder_ok=True) if "video" in data else None
     frames: tuple[Path, ...] = ()
     if "frames" in data:
         if not isinstance(data["frames"], list) or not data["frames"]:

@@ -125,10 +125,15 @@ def _settings(cfg: PrepareConfig, lines: list[tuple[int, str]], model: Path, vq:
 
 def _claim_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     info_path = out / DATASET_FILE
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a data folder; use another --output")
     if info_path.is_file():
         try:
             old = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError) as exc:
+            if not overwrite:
+                raise DataError(f"{info_path} is unreadable ({exc}); pass --overwrite to prepare {out} again "
+                                "from the start") from None
             old = {}
         if old == settings:
             return  # resume
@@ -152,6 +157,8 @@ def prepare(cfg: PrepareConfig, device: torch.device) -> dict[str, Any]:
     area = cfg.image_area or lm_cfg.image_area
     max_len = cfg.max_seq_len or lm_cfg.max_position_embeddings
     lines = read_lines(cfg.manifest)
+    if not lines:
+        raise DataError(f"manifest {cfg.manifest} holds no records")
     tok = load_tokenizer(model)
     out = Path(cfg.output)
     settings = _settings(cfg, lines, model, vq_dir, tok, area, max_len)

@@ -16,6 +16,7 @@ This module does not prepare data or parse argv.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import SFTConfig
 from emu3.train.deepen import deepen_lm, deepened_config
-from emu3.train.loop import StepCallback, fit
+from emu3.train.loop import StepCallback, check_output, fit
 from emu3.train.lora import add_lora
 from emu3.train.prepare import lm_config
 from emu3.train.shards import DataError, Shard, open_folder, read_dataset_info
@@ -66,9 +67,12 @@ def _parse_data(entry: str) -> tuple[Path, float]:
     path, sep, weight = entry.rpartition(":")
     if sep and path:
         try:
-            return Path(path), float(weight)
+            value = float(weight)
         except ValueError:
-            pass
+            return Path(entry), 1.0
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"--data {entry}: a mixture weight must be a positive number, got {weight}")
+        return Path(path), value
     return Path(entry), 1.0
 
 
@@ -109,9 +113,9 @@ class LMData:
                 members.append(count + np.flatnonzero(fits))
                 count += n
             groups.append(np.concatenate(members) if members else np.zeros(0, dtype=np.int64))
-        if not sum(len(g) for g in groups):
-            raise DataError(f"no usable training example in {entries} "
-                            f"(all empty, unsupervised or longer than {max_len} tokens)")
+            if not len(groups[-1]):  # a mixture component would silently drop out of training
+                raise DataError(f"no usable training example in {path} "
+                                f"(all empty, unsupervised or longer than {max_len} tokens)")
         return cls(folders, infos, shards, np.concatenate(where), np.concatenate(lengths),
                    np.concatenate(loss_tokens), groups, too_long)
 
@@ -218,15 +222,17 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
     """Run (or resume) LM training as `cfg` says; returns a summary. Every process calls this."""
     info = distributed.setup(cfg.device)
     try:
+        check_output(cfg)  # the output folder and the data are checked before the weights are read
+        arch, _ = _base(cfg)
+        data = LMData.open(cfg.data, cfg.max_seq_len or arch.max_position_embeddings, arch.vocab_size)
+        layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
+        plan = Plan(data.lengths, data.groups, [w for _, w in data.folders], layout, seed=cfg.seed,
+                    bucket_window=cfg.bucket_window, drop_prob=cfg.null_prompt_prob)
         model, lm_cfg, base = build_model(cfg)
-        data = LMData.open(cfg.data, cfg.max_seq_len or lm_cfg.max_position_embeddings, lm_cfg.vocab_size)
         if cfg.lora_rank:
             add_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.seed)
         model.gradient_checkpointing = cfg.gradient_checkpointing
         module = distributed.shard(LMLoss(model, cfg.loss_chunk), list(model.model.layers), info)
-        layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
-        plan = Plan(data.lengths, data.groups, [w for _, w in data.folders], layout, seed=cfg.seed,
-                    bucket_window=cfg.bucket_window, drop_prob=cfg.null_prompt_prob)
         task = SFTTask(module, data, plan, cfg, lm_cfg.pad_token_id, info.device)
         torch.manual_seed(cfg.seed + info.rank)  # dropout streams; a resumed run restores its saved states
         result = fit(cfg, task, info, on_step)

@@ -127,6 +127,10 @@ class Shard:
 
 def read_dataset_info(folder: Path) -> dict[str, Any]:
     path = folder / DATASET_FILE
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file, not a folder"
+        raise DataError(f"{folder} is not a prepared data folder: it {what} (training data are folders "
+                        "written by `emu3 prepare MANIFEST -o DIR`)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

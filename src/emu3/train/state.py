@@ -159,8 +159,11 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info:
     set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
     rng_file = folder / f"rng-{info.rank}.safetensors"
     if rng_file.is_file():
-        rng = load_file(str(rng_file))
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and info.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], info.device)
+        try:
+            rng = load_file(str(rng_file))
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and info.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], info.device)
+        except (OSError, SafetensorError, KeyError, RuntimeError) as exc:
+            raise ResumeError(f"checkpoint {folder} is unreadable: {rng_file.name}: {exc}") from exc
     return trainer_state

@@ -39,7 +39,7 @@ from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import VQTrainConfig
 from emu3.train.deepen import deepen
 from emu3.train.kmeans import kmeans
-from emu3.train.loop import StepCallback, fit
+from emu3.train.loop import StepCallback, check_output, fit, total_steps
 from emu3.train.manifest import Record, RecordError, parse_record, read_lines
 from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
 
@@ -314,6 +314,7 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
     """Run (or resume) vision-tokenizer training as `cfg` says; every process calls this."""
     info = distributed.setup(cfg.device)
     try:
+        check_output(cfg)  # before the tokenizer is loaded and the manifests are checked
         vq, processor = build_tokenizer(cfg)
         f = vq.spatial_factor
         for name in ("resolution", "crop"):
@@ -329,6 +330,10 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
         plan = Plan(np.ones(len(records), dtype=np.int64), [np.arange(len(records))], [1.0], layout, seed=cfg.seed,
                     bucket_window=0, drop_prob=0.0)
+        if cfg.autoencoder_steps and cfg.autoencoder_steps >= total_steps(cfg, plan):
+            raise ValueError(f"autoencoder_steps ({cfg.autoencoder_steps}) must be fewer than the run's "
+                             f"{total_steps(cfg, plan)} steps: the codebook is only set (by k-means) at step "
+                             f"{cfg.autoencoder_steps}, so this run would export a tokenizer with a random codebook")
         task = VQTask(module, Media(records, processor, cfg.resolution, cfg.num_frames, cfg.seed, cfg.crop), plan, cfg,
                       vq.config.codebook_size, info.device)
         torch.manual_seed(cfg.seed + info.rank)

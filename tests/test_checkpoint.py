@@ -113,3 +113,49 @@ def test_hub_ids_resolve_through_huggingface_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "snapshot_download", offline)
     with pytest.raises(CheckpointError, match="could not be fetched from the hub: no network"):
         checkpoint.resolve("BAAI/Emu3-Gen")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"num_attention_heads": "4"}, r"num_attention_heads must be a positive integer, got '4'"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads must be a positive integer, got 0"),
+    ({"hidden_size": -32}, "hidden_size must be a positive integer"),
+    ({"pad_token_id": 300}, "pad_token_id 300 is outside the vocabulary of 300"),
+    ({"rms_norm_eps": None}, "rms_norm_eps must be a positive number"),
+])
+def test_invalid_config_fields_are_named_with_the_file(lm_dir, change, match):
+    folder = lm_dir[0]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=f"config.json: {match}"):
+        load_lm(folder)
+
+
+def test_a_config_that_is_not_an_object_or_a_bad_shard_index(lm_dir):
+    folder = lm_dir[0]
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["model.safetensors"]}))
+    with pytest.raises(CheckpointError, match="not a valid shard index: weight_map must map"):
+        load_lm(folder)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="config.json is not a model config: expected a JSON object"):
+        load_lm(folder)
+
+
+def test_invalid_vision_tokenizer_config_and_preprocessor(emu3_fixture, tmp_path):
+    folder = shutil.copytree(emu3_fixture / "Emu3-VisionTokenizer-tiny", tmp_path / "vq")
+    good = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(json.dumps({**json.loads(good), "ch_mult": 4}))
+    with pytest.raises(CheckpointError, match="config.json: ch_mult must be a list of positive integers"):
+        load_vision_tokenizer(folder)
+    (folder / "config.json").write_text(good)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_std": [0, 0, 0]}))
+    with pytest.raises(CheckpointError, match="preprocessor_config.json: image_std"):
+        load_vision_tokenizer(folder)
+
+
+def test_vision_tokenizer_search_skips_neighbours_that_are_not_checkpoints(emu3_fixture, tmp_path):
+    shutil.copytree(emu3_fixture / "Emu3-tiny", tmp_path / "lm")
+    shutil.copytree(emu3_fixture / "Emu3-VisionTokenizer-tiny", tmp_path / "vq")
+    for name, text in [("a-list", b"[1]"), ("a-binary", b"\xff\xfe\x00")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_bytes(text)
+    assert checkpoint.find_vision_tokenizer(tmp_path / "lm") == tmp_path / "vq"

@@ -91,6 +91,9 @@ def test_chat_answers_in_text_only(capsys, lm_dir, reference, loaded):
     (["generate", "x", "--negative-prompt", "ugly", "-o", "x.png"], "apply to Emu3 only"),
     (["edit", "x", "-o", "x.png"] + ["--image", "REF"] * 4, "at most 3 reference images"),
     (["story", "x", "--image-area", "4", "--image", "REF", "-o", "out"], "too small"),
+    # A reference area whose grid cannot fit the context is refused before the pixels are resized.
+    (["chat", "x", "--image-area", "1000000000000", "--image", "REF"], "more than the model's context"),
+    (["chat", "x", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
 ])
 def test_bad_requests_exit_2_with_a_message(capsys, lm_dir, reference, loaded, argv, message):
     argv = [reference if a == "REF" else a for a in argv]

@@ -149,6 +149,8 @@ def test_bad_requests_are_refused(lm):
         run(lm, PROMPTS[:1], UNCOND[:1], max_new_tokens=10, sizes=[(2, 3)], reserve_image=True)
     with pytest.raises(ValueError, match="seeds"):
         run(lm, max_new_tokens=4, seeds=[1])
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        run(lm, max_new_tokens=0)
     with pytest.raises(ValueError, match="unconditional prompts"):
         run(lm, uncond=UNCOND[:1], max_new_tokens=4)
     with pytest.raises(ValueError, match="context"):

@@ -130,6 +130,8 @@ def test_ibq_preprocessing_follows_the_official_formula():
         ibq_size(96, 64, 16)
     with pytest.raises(ValueError, match="elongated"):
         ibq_size(600, 100, 4096)
+    with pytest.raises(ValueError, match="image_area must be positive"):
+        ibq_size(96, 64, -100)
     image = Image.new("RGB", (90, 60), (255, 0, 128))
     pixels = to_pixels(image, 96 * 64)
     assert pixels.shape == (3, 64, 96) and pixels.dtype == torch.float32

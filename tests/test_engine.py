@@ -96,3 +96,19 @@ def test_fast_sampling_has_the_plain_distribution(lm, draft_len):
 def test_grid_count_must_match_prompts(lm):
     with pytest.raises(ValueError, match="one grid per prompt"):
         generate_images(lm, [[42, 45, 44]], [(1, 1), (2, 2)], vocab=VOCAB)
+
+
+@pytest.mark.parametrize("draft_len", [0, 3])
+def test_temperature_zero_is_greedy_in_the_fast_loops(lm, draft_len):
+    prompts, grids, negative = [[42, 3, 5, 45, 44], [42, 9, 45, 44]], [(3, 4), (2, 2)], [[42, 45, 44]] * 2
+    kwargs = dict(vocab=VOCAB, negative_prompts=negative, cfg_scale=3.0, draft_len=draft_len)
+    cold = generate_images(lm, prompts, grids, sampling=SamplingConfig(temperature=0.0), seeds=[1, 2], **kwargs)
+    assert cold == generate_images(lm, prompts, grids, sampling=GREEDY, **kwargs)
+
+
+def test_empty_grids_and_negative_draft_lengths_are_refused(lm):
+    for grid in [(0, 3), (2, 0), (-1, 2)]:
+        with pytest.raises(ValueError, match="at least one row and one column"):
+            generate_images(lm, [[42, 45, 44]], [grid], vocab=VOCAB, sampling=GREEDY)
+    with pytest.raises(ValueError, match="draft_len must be >= 0"):
+        generate_images(lm, [[42, 45, 44]], [(2, 2)], vocab=VOCAB, sampling=GREEDY, draft_len=-2)

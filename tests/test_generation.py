@@ -145,3 +145,10 @@ def test_bad_generation_arguments(rand_lm):
         generate(rand_lm, [[1]], max_new_tokens=1000, eos_id=1, pad_id=0)
     with pytest.raises(ValueError, match="negative prompts"):
         generate(rand_lm, [[1]], max_new_tokens=2, eos_id=1, pad_id=0, negative_prompts=[[1], [2]], cfg_scale=2.0)
+
+
+def test_temperature_zero_warps_to_finite_scores():
+    scores = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    warped = warp(scores, SamplingConfig(temperature=0, top_k=2))
+    assert not torch.isnan(warped).any() and warped.argmax(-1).item() == 1
+    assert torch.isinf(warped).tolist() == [[True, False, False, True]]

@@ -91,3 +91,37 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "emu3.tiktoken").write_text("not-base64 x\n")
     with pytest.raises(TokenizerError, match="emu3.tiktoken:1"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_unreadable_and_misnumbered_tokenizer_files(tmp_path, emu3_fixture):
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    ranks = (emu3_fixture / "Emu3-tiny" / "emu3.tiktoken").read_text().splitlines()
+    (folder / "emu3_vision_tokens.txt").write_text((emu3_fixture / "Emu3-tiny" / "emu3_vision_tokens.txt").read_text())
+    (folder / "emu3.tiktoken").write_bytes(b"\xff\xfe\x00 binary")
+    with pytest.raises(TokenizerError, match="cannot read BPE ranks file .*emu3.tiktoken"):
+        Tokenizer.from_dir(folder)
+    # Right count, wrong numbering: the last token gets a rank far outside 0..NUM_BPE-1.
+    (folder / "emu3.tiktoken").write_text("\n".join(ranks[:-1] + [ranks[-1].split()[0] + " 99999999"]) + "\n")
+    with pytest.raises(TokenizerError, match="ranks are not exactly 0..151642"):
+        Tokenizer.from_dir(folder)
+    (folder / "emu3.tiktoken").write_text("\n".join(ranks) + "\n")
+    (folder / "emu3_vision_tokens.txt").write_bytes(b"\xff\xfe\x00 binary")
+    with pytest.raises(TokenizerError, match="cannot read .*emu3_vision_tokens.txt"):
+        Tokenizer.from_dir(folder)
+
+
+@pytest.mark.parametrize("vocab,added,match", [
+    ([1, 2], None, "vocab.json: expected a JSON object"),
+    ({"a": "0"}, None, "vocab.json: expected a JSON object"),
+    (None, [{"content": "<|image start|>"}], "cannot read added tokens"),
+    (None, [{"id": NUM_BPE + 208 + 5, "content": "<|image start|>"}], "not consecutive"),
+])
+def test_malformed_hf_tokenizer_files(tmp_path, emu3_fixture, vocab, added, match):
+    if vocab is not None:
+        (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    else:
+        (tmp_path / "emu3.tiktoken").write_text((emu3_fixture / "Emu3-tiny" / "emu3.tiktoken").read_text())
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": added or []}))
+    with pytest.raises(TokenizerError, match=match):
+        Tokenizer.from_dir(tmp_path)

@@ -71,11 +71,25 @@ def resolve(path: str | os.PathLike) -> Path:
 def read_config(folder: Path) -> dict:
     path = folder / CONFIG
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a model config: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _config_from(cls, data, path: Path, section: str | None = None):
+    """`cls.from_official(data)`, with any invalid field reported as a CheckpointError naming `path`."""
+    where = f"{path} ({section})" if section else str(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return cls.from_official(data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
 
 
 def is_hf_format(config: dict) -> bool:
@@ -87,8 +101,11 @@ def weight_files(folder: Path) -> list[Path]:
     index = folder / INDEX
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(s, str) and s for s in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to shard file names")
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{index} is not a valid shard index: {exc}") from exc
         files = [folder / s for s in shards]
         missing = [str(f) for f in files if not f.is_file()]
@@ -147,7 +164,7 @@ def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     folder = resolve(path)
     config = read_config(folder)
     if is_hf_format(config):
-        cfg = LMConfig.from_official(config["text_config"])
+        cfg = _config_from(LMConfig, config["text_config"], folder / CONFIG, "text_config")
 
         def rename(key: str) -> str | None:
             from emu3 import keymap
@@ -159,7 +176,7 @@ def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
             raise CheckpointError(f"{folder} holds a vision tokenizer, not a language model")
         if model_type not in ("Emu3", None):
             raise CheckpointError(f"{folder / CONFIG}: model_type {model_type!r} is not an Emu3 language model")
-        cfg = LMConfig.from_official(config)
+        cfg = _config_from(LMConfig, config, folder / CONFIG)
         rename = _identity
     tensors = read_tensors(weight_files(folder), rename)
     if not is_hf_format(config) and any(k.endswith("self_attn.q_norm.weight") for k in tensors):
@@ -206,12 +223,11 @@ def find_vision_tokenizer(lm_folder: Path) -> Path:
     if is_hf_format(read_config(lm_folder)):
         return lm_folder
     for sibling in sorted(lm_folder.parent.iterdir()):
-        cfg_path = sibling / CONFIG
-        if sibling.is_dir() and cfg_path.is_file():
+        if sibling.is_dir() and (sibling / CONFIG).is_file():
             try:
-                if json.loads(cfg_path.read_text(encoding="utf-8")).get("model_type") == VQ_MODEL_TYPE:
+                if read_config(sibling).get("model_type") == VQ_MODEL_TYPE:
                     return sibling
-            except (OSError, json.JSONDecodeError):
+            except CheckpointError:  # a neighbour that is not a checkpoint of ours
                 continue
     raise CheckpointError(f"no vision tokenizer found next to {lm_folder}; pass its folder explicitly "
                           "(--vision-tokenizer DIR)")
@@ -226,7 +242,7 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
     folder = resolve(path)
     config = read_config(folder)
     if is_hf_format(config):
-        cfg = VQConfig.from_official(config["vq_config"])
+        cfg = _config_from(VQConfig, config["vq_config"], folder / CONFIG, "vq_config")
 
         def rename(key: str) -> str | None:
             return keymap.hf_to_original(key) if "vqmodel." in key else None
@@ -235,7 +251,7 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
         if config.get("model_type") not in (VQ_MODEL_TYPE, None):
             raise CheckpointError(f"{folder / CONFIG}: model_type {config.get('model_type')!r} is not "
                                   f"a vision tokenizer ({VQ_MODEL_TYPE})")
-        cfg = VQConfig.from_official(config)
+        cfg = _config_from(VQConfig, config, folder / CONFIG)
         rename, convert = _identity, None
     tensors = read_tensors(weight_files(folder), rename)
     if convert is not None:
@@ -245,7 +261,11 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
     assign_state_dict(model, tensors, str(folder), dtype, device)
     model.quantize.set_aliases(read_code_aliases(folder, cfg.codebook_size))
     processor_file = folder / PREPROCESSOR
-    processor = ImageProcessor.from_file(processor_file) if processor_file.is_file() else ImageProcessor()
+    try:
+        processor = ImageProcessor.from_file(processor_file) if processor_file.is_file() else ImageProcessor()
+    except (TypeError, ValueError) as exc:
+        message = str(exc) if str(processor_file) in str(exc) else f"{processor_file}: {exc}"
+        raise CheckpointError(message) from exc
     return model.eval(), processor
 
 

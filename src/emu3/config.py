@@ -11,6 +11,8 @@ files are `checkpoint.py`'s job, not this module's.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,22 @@ _IGNORED_OFFICIAL_KEYS = frozenset(
         "chunk_size_feed_forward", "id2label", "label2id", "problem_type", "text_config", "vq_config",
     }
 )
+
+
+def _check_numbers(cfg: Any, positive: tuple[str, ...], non_negative: tuple[str, ...] = (),
+                   positive_real: tuple[str, ...] = ()) -> None:
+    """Raise a ValueError naming the field when a count is not a positive (or non-negative) integer,
+    or a real-valued setting is not a positive number (config files can hold strings, nulls, floats)."""
+    for name in positive + non_negative:
+        value = getattr(cfg, name)
+        low = 1 if name in positive else 0
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            kind = "a positive integer" if low else "a non-negative integer"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+    for name in positive_real:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _reject_unknown(cls: type, data: dict[str, Any]) -> None:
@@ -55,6 +73,15 @@ class LMConfig:
     pad_token_id: int = 151643
 
     def __post_init__(self) -> None:
+        _check_numbers(self, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                              "num_kv_heads", "max_position_embeddings", "image_area"), ("pad_token_id",),
+                       ("rope_theta", "rms_norm_eps"))
+        if self.head_dim is not None:
+            _check_numbers(self, ("head_dim",))
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size} tokens")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim is None and self.hidden_size % self.num_heads:
@@ -108,13 +135,28 @@ class LMConfig:
             warnings.warn(f"ignoring unknown language-model config keys {sorted(unknown)}", stacklevel=2)
         if "use_qk_norm" in data:
             out["qk_norm"] = bool(data["use_qk_norm"])
-        return cls(**out)
+        try:
+            return cls(**out)
+        except ValueError as exc:  # name the field as the file spells it
+            message = str(exc)
+            for official, ours in renames.items():
+                if official in data:
+                    message = re.sub(rf"\b{ours}\b", f"{official}", message)
+            raise ValueError(message) from None
 
 
 def _normalise_conv_fields(cfg: Any) -> None:
     """Shared checks of the convolutional tokenizer configs: list fields become tuples, GroupNorm fits."""
-    object.__setattr__(cfg, "ch_mult", tuple(cfg.ch_mult))
-    object.__setattr__(cfg, "attn_resolutions", tuple(cfg.attn_resolutions))
+    for name in ("ch_mult", "attn_resolutions"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
+        object.__setattr__(cfg, name, tuple(value))
+    _check_numbers(cfg, ("codebook_size", "embed_dim", "z_channels", "in_channels", "out_channels", "ch",
+                         "num_res_blocks"))
+    if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, numbers.Real) or not 0 <= cfg.dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {cfg.dropout!r}")
     if cfg.ch % 32:
         raise ValueError(f"ch {cfg.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
 
@@ -137,6 +179,7 @@ class VQConfig:
 
     def __post_init__(self) -> None:
         _normalise_conv_fields(self)
+        _check_numbers(self, ("temporal_downsample_factor",))
         if self.temporal_downsample_factor & (self.temporal_downsample_factor - 1):
             raise ValueError(f"temporal_downsample_factor {self.temporal_downsample_factor} must be a power of 2")
 
@@ -198,6 +241,7 @@ class IBQConfig:
 
     def __post_init__(self) -> None:
         _normalise_conv_fields(self)
+        _check_numbers(self, ("resolution",))
         if not self.ch_mult:
             raise ValueError("ch_mult must name at least one level")
 

@@ -37,7 +37,7 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise TokenizerError(f"cannot read BPE ranks file {path}: {exc}") from exc
     for lineno, line in enumerate(lines, 1):
         if not line:
@@ -47,7 +47,14 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError as exc:
             raise TokenizerError(f"{path}:{lineno}: expected 'base64 rank', got {line[:80]!r}") from exc
+    _check_ranks(ranks, path)
     return ranks
+
+
+def _check_ranks(ranks: dict[bytes, int], path: Path) -> None:
+    """The ranks of a BPE file must be 0..NUM_BPE-1, each once: any other numbering gives wrong ids."""
+    if len(ranks) == NUM_BPE and set(ranks.values()) != set(range(NUM_BPE)):
+        raise TokenizerError(f"{path}: the BPE ranks are not exactly 0..{NUM_BPE - 1}, each once")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -69,16 +76,19 @@ def _ranks_from_hf_vocab(path: Path) -> dict[bytes, int]:
     """Rebuild tiktoken ranks from a byte-level BPE `vocab.json` (ids below NUM_BPE are the ranks)."""
     try:
         vocab = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise TokenizerError(f"{path}: expected a JSON object mapping tokens to integer ids")
     decoder = {c: b for b, c in _bytes_to_unicode().items()}
     ranks = {}
     for token, idx in vocab.items():
-        if idx < NUM_BPE:
+        if 0 <= idx < NUM_BPE:
             try:
                 ranks[bytes(decoder[c] for c in token)] = idx
             except KeyError as exc:
                 raise TokenizerError(f"{path}: token {token!r} is not byte-level BPE") from exc
+    _check_ranks(ranks, path)
     return ranks
 
 
@@ -117,7 +127,10 @@ class Tokenizer:
         else:
             raise TokenizerError(f"no tokenizer in {folder}: expected {RANKS_FILE} or vocab.json")
         if vision_file.is_file():
-            extra = [line for line in vision_file.read_text(encoding="utf-8").splitlines() if line]
+            try:
+                extra = [line for line in vision_file.read_text(encoding="utf-8").splitlines() if line]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TokenizerError(f"cannot read {vision_file}: {exc}") from exc
         else:
             extra = cls._specials_from_hf(folder)
         return cls(ranks, extra)
@@ -130,10 +143,14 @@ class Tokenizer:
             raise TokenizerError(f"no {VISION_TOKENS_FILE} or tokenizer.json in {folder}")
         try:
             added = json.loads(path.read_text(encoding="utf-8"))["added_tokens"]
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
-            raise TokenizerError(f"cannot read added tokens from {path}: {exc}") from exc
-        first = NUM_BPE + len(BASE_SPECIALS)
-        by_id = {t["id"]: t["content"] for t in added if t["id"] >= first}
+            first = NUM_BPE + len(BASE_SPECIALS)
+            by_id = {t["id"]: t["content"] for t in added if t["id"] >= first}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TokenizerError(f"cannot read added tokens from {path}: {exc!r}") from exc
+        gaps = sorted(set(range(first, first + len(by_id))) - set(by_id))
+        if gaps:
+            raise TokenizerError(f"{path}: the added tokens from id {first} on are not consecutive "
+                                 f"(id {gaps[0]} is missing)")
         return [by_id[i] for i in range(first, first + len(by_id))]
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:

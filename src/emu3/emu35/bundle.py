@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from emu3 import checkpoint
-from emu3.emu35.images import to_image, to_pixels
+from emu3.emu35.images import ibq_size, to_image, to_pixels
 from emu3.emu35.prompts import SizeHeader
 from emu3.model import Transformer
 from emu3.tokenizer import Tokenizer
@@ -69,8 +69,16 @@ class Emu35:
 
     @torch.inference_mode()
     def encode_image(self, image: Image.Image, area: int) -> torch.Tensor:
-        """The (h, w) code grid of `image` resized to about `area` pixels."""
-        pixels = to_pixels(image, area, self.ibq.spatial_factor)
+        """The (h, w) code grid of `image` resized to about `area` pixels.
+
+        An area whose grid cannot fit in the model's context is refused before any pixel is resized."""
+        f = self.ibq.spatial_factor
+        h, w = ibq_size(image.width, image.height, area, f)
+        tokens, context = (h // f) * (w // f + 1), self.lm.config.max_position_embeddings
+        if tokens > context:
+            raise ValueError(f"image_area {area} makes a {h // f}x{w // f} grid of {tokens} tokens, more than the "
+                             f"model's context of {context}; use a smaller image area")
+        pixels = to_pixels(image, area, f)
         return self.ibq.encode(pixels[None])[0].cpu()
 
     @torch.inference_mode()

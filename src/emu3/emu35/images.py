@@ -24,6 +24,8 @@ def ibq_size(width: int, height: int, area: int, factor: int = 16) -> tuple[int,
     """(height, width) in pixels for an image of `width` x `height` resized to about `area` pixels."""
     if width < 1 or height < 1:
         raise ValueError(f"image of {width}x{height} (width x height) is empty")
+    if area <= 0:
+        raise ValueError(f"image_area must be positive, got {area}")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise ValueError(f"image of {width}x{height} (width x height) is more elongated than "
                          f"{MAX_ASPECT_RATIO}:1, which the vision tokenizer does not support")

@@ -110,6 +110,8 @@ def generate_interleaved(
         raise ValueError(f"{len(sizes)} image sizes for {batch} prompts")
     if seeds is not None and len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for {batch} prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if max_images is not None and max_images < 0:
         raise ValueError(f"max_images must be >= 0, got {max_images}")
     device = model.lm_head.weight.device

@@ -57,6 +57,9 @@ class ImageBatch:
         batch = len(prompts)
         if batch == 0 or len(grids) != batch:
             raise ValueError(f"need one grid per prompt, got {len(grids)} grids for {batch} prompts")
+        for h, w in grids:
+            if h < 1 or w < 1:
+                raise ValueError(f"an image grid needs at least one row and one column of tokens, got {h}x{w}")
         guided = negative_prompts is not None and cfg_scale != 1.0
         if guided and len(negative_prompts) != batch:
             raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts")
@@ -120,9 +123,12 @@ def generate_images(
 
     Prompts must end with `<|image token|>` (see `prompting.generation_prompt`); rows of a batch
     may have different grids. Returns each row's ids up to and including eos. `draft_len` > 0
-    decodes with speculative Jacobi decoding, `draft_len` tokens per forward; `stats`, if given,
+    decodes with speculative Jacobi decoding, `draft_len` tokens per forward (when sampling, a seed then
+    reproduces an image only within the same batch; see `speculative`); `stats`, if given,
     receives the number of forwards and of generated tokens.
     """
+    if draft_len < 0:
+        raise ValueError(f"draft_len must be >= 0, got {draft_len}")
     b = ImageBatch.prepare(model, prompts, grids, vocab=vocab, sampling=sampling, negative_prompts=negative_prompts,
                            cfg_scale=cfg_scale, seeds=seeds, extra_slots=draft_len)
     if draft_len > 0:

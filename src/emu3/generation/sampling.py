@@ -35,8 +35,11 @@ class SamplingConfig:
 
 
 def warp(scores: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (the transformers order) on (B, V) scores."""
-    scores = scores / cfg.temperature if cfg.temperature != 1.0 else scores
+    """Temperature, then top-k, then top-p (the transformers order) on (B, V) scores.
+
+    Temperature 0 (greedy) leaves the scores unscaled: dividing by it would turn them into
+    infinities and NaNs, and the argmax of the warped scores is the argmax of the scores anyway."""
+    scores = scores / cfg.temperature if cfg.temperature not in (0.0, 1.0) else scores
     if cfg.top_k is not None and cfg.top_k < scores.shape[-1]:
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -10,7 +10,9 @@ sampling; under greedy decoding acceptance means "draft == argmax", so the outpu
 greedy decoding. Positions the grid forces are drafted as the forced id and always accepted. The
 unverified window positions get new drafts drawn from this forward's distributions (the Jacobi
 step), so drafts improve as the context settles. Rows of a batch commit the same number of tokens
-per forward (the smallest count; committing a prefix of accepted tokens keeps them exact).
+per forward (the smallest count; committing a prefix of accepted tokens keeps them exact). So when
+sampling, unlike the plain loop, a row's random draws and hence its image depend on the other rows:
+a seed reproduces an image only in the same batch (greedy output never depends on the batch).
 """
 
 from __future__ import annotations

@@ -215,6 +215,16 @@ def test_image_file_errors(tmp_path):
         processor.preprocess(str(corrupt))
     with pytest.raises(ValueError, match="corrupt.png"):
         load_frames(corrupt)
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        processor.preprocess(tmp_path)
+
+
+def test_an_image_over_the_decompression_limit_is_named(tmp_path, monkeypatch):
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(huge)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses more than twice this many pixels
+    with pytest.raises(ValueError, match="cannot read image file .*huge.png"):
+        ImageProcessor().preprocess(huge)
 
 
 # ---------------------------------------------------------------- frames

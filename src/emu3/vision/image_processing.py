@@ -66,12 +66,14 @@ def smart_resize(height: int, width: int, factor: int = 8, min_pixels: int = 512
 def load_image(path: str | Path) -> Image.Image:
     """Open and fully read one image file; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         image = Image.open(path)
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image file {path}: {err}") from err
     return image
 

@@ -84,18 +84,64 @@ def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
      "exceeds the model's context"),
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--speculative", "-1", "-o", "{tmp}/o.png"],
      "--speculative"),
+    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--image-area", "1024", "--batch", "1000000",
+      "-o", "{tmp}/o.png"], "Use fewer images per batch"),
+    # An output that cannot be written is refused before the model is even looked for.
+    (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}/noext"], "no suffix names no image format"),
+    (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}/o.xyz"], ".xyz names no image format"),
+    (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}"], "is a folder"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--image", "{tmp}/missing.png"], "missing.png"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--dtype", "int3"], "unknown dtype"),
     (["reconstruct", "{tmp}/corrupt.png", "--vision-tokenizer", "{fixture}/Emu3-VisionTokenizer-tiny",
       "-o", "{tmp}/r.png"], "corrupt.png"),
+    (["reconstruct", "{tmp}/mixed", "--vision-tokenizer", "{fixture}/Emu3-VisionTokenizer-tiny", "-o", "{tmp}/r.gif"],
+     "same size: frame 1 is 64x32, frame 0 64x64"),
 ])
 def test_bad_input_exits_2_with_a_message(capsys, tmp_path, emu3_fixture, argv, message):
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    (tmp_path / "mixed").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "mixed" / "0.png")
+    Image.new("RGB", (64, 32)).save(tmp_path / "mixed" / "1.png")
     argv = [a.format(fixture=emu3_fixture, tmp=tmp_path) for a in argv]
     assert main(argv + ["--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"emu3 {argv[0]}: error:") and message in err
     assert "Traceback" not in err
+
+
+def test_a_video_without_a_video_reader_exits_2_naming_the_package(capsys, tmp_path, emu3_fixture, monkeypatch):
+    for name in ("av", "imageio", "imageio.v3"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails: as on a machine without them
+    (tmp_path / "clip.mp4").write_bytes(b"not read")
+    assert main(["reconstruct", str(tmp_path / "clip.mp4"), "--vision-tokenizer",
+                 str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "-o", str(tmp_path / "r.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emu3 reconstruct: error: reading the video file") and "pip install av" in err
+
+
+def test_reconstruct_one_image_into_a_folder(capsys, tmp_path, emu3_fixture):
+    out = run_json(capsys, ["reconstruct", str(emu3_fixture / "input.png"), "--vision-tokenizer",
+                            str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "-o", str(tmp_path / "frames")])
+    assert out["output"] == str(tmp_path / "frames")
+    assert [p.name for p in (tmp_path / "frames").iterdir()] == ["frame_00000.png"]
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_a_bad_seed_is_refused_by_the_parser(capsys, tmp_path, seed):
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "x", "-o", str(tmp_path / "x.png"), "--seed", seed])
+    assert done.value.code == 2 and "argument --seed: a seed is a whole number from 0 to" in capsys.readouterr().err
+
+
+def test_chat_answers_within_the_models_context(capsys, emu3_fixture, tiny):
+    """The default --max-new-tokens (1024) is cut to what the context leaves, as Emu3.5's chat does."""
+    from emu3.prompting import Turn, chat_prompt
+
+    question = "why" + " a" * 1000
+    room = tiny.lm.config.max_position_embeddings - len(chat_prompt(tiny.tokenizer, [Turn(question)]))
+    assert 0 < room < 30
+    out = run_json(capsys, ["chat", question, "--model", str(emu3_fixture / "Emu3-tiny")])
+    assert 0 < len(out["token_ids"]) <= room
 
 
 def readme_commands() -> list[str]:

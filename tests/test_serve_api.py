@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from emu3.pipelines import answer, text_to_image  # noqa: E402
 from emu3.serve.app import create_app  # noqa: E402
 from emu3.serve.settings import Settings  # noqa: E402
+from tests.conftest import save_compact_model  # noqa: E402
 
 LIMITS = dict(progress_interval=0, preview_interval=0, max_n=3, max_prompt_chars=300, max_images=2,
               max_body_bytes=200_000, max_new_tokens=64)
@@ -82,6 +83,22 @@ def test_images_match_the_pipeline_with_the_same_seeds(client, tiny):
     expected = text_to_image(tiny, "a red cube", seed=41, num_images=2).images
     for data, image in zip(body["data"], expected):
         assert np.array_equal(pixels(data["b64_json"]), np.asarray(image))
+
+
+def test_images_default_to_the_models_own_prompts(emu3_fixture, tmp_path):
+    """A compact-vocabulary model, trained without the official positive and negative prompts, is served
+    without them, as `emu3 generate` runs it."""
+    from emu3.compact_vocab import CompactTokenizer
+    from emu3.pipelines import Emu3
+    from emu3.tokenizer import Tokenizer
+
+    compact = CompactTokenizer.build(Tokenizer.from_dir(emu3_fixture / "Emu3-tiny"), ["a red cube"], codebook_size=16)
+    m = Emu3.load(save_compact_model(tmp_path, compact, emu3_fixture, std=0.3))
+    with TestClient(create_app(m, Settings(**LIMITS))) as c:
+        answer_ = c.post("/v1/images/generations", json={"prompt": "a red cube", "seed": 5})
+    assert answer_.status_code == 200, answer_.text
+    expected = text_to_image(m, "a red cube", seed=5, positive_prompt="", negative_prompt="").images[0]
+    assert np.array_equal(pixels(answer_.json()["data"][0]["b64_json"]), np.asarray(expected))
 
 
 def test_openai_images_request_shape(client):

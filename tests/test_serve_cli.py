@@ -33,6 +33,14 @@ def test_errors_name_the_problem(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_bad_port_is_refused_by_the_parser(capsys, port):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["serve", "--port", port])
+    assert done.value.code == 2
+    assert f"argument --port: a port is a whole number from 0 to 65535, got '{port}'" in capsys.readouterr().err
+
+
 def test_loopback_addresses():
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.2")

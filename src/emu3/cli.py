@@ -3,10 +3,10 @@
 `emu3 generate` (text to image), `emu3 chat` (questions about images), `emu3 reconstruct` (through
 the vision tokenizer), `emu3 serve` (the HTTP API and web page; its arguments live in
 emu3.serve.cli). Device and dtype are resolved here once. `--json` prints one JSON object on
-stdout; progress goes to stderr. Expected failures (bad files, bad values) exit with status 2 and a
-one-line message instead of a traceback. `generate` and `chat` tell Emu3 from Emu3.5 checkpoints by
-their files; Emu3.5's side and its own commands (`edit`, `story`, `howto`, `explore`, `vla`) live in
-emu3.emu35.cli.
+stdout; progress goes to stderr. Expected failures (bad files, bad values, a run planned beyond the
+free memory, a missing optional package) exit with status 2 and a one-line message instead of a
+traceback. `generate` and `chat` tell Emu3 from Emu3.5 checkpoints by their files; Emu3.5's side and
+its own commands (`edit`, `story`, `howto`, `explore`, `vla`) live in emu3.emu35.cli.
 """
 
 from __future__ import annotations
@@ -85,6 +85,21 @@ def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def whole_number(what: str, low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`; anything else is refused naming `what`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} is a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--greedy", action="store_true", default=greedy_default, help="always take the most likely token")
@@ -92,7 +107,8 @@ def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_defau
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=top_k)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
+                   help="seed for reproducible sampling")
 
 
 def _sampling(args: argparse.Namespace) -> SamplingConfig:
@@ -127,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("question")
     _add_common(chat)
     chat.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
-    chat.add_argument("--max-new-tokens", type=int, default=1024)
+    chat.add_argument("--max-new-tokens", type=int, default=1024,
+                      help="most tokens in the answer (default 1024, fewer where the model's context ends)")
     chat.add_argument("--image-area", type=int, default=None, help="Emu3.5 only: pixel area of the images")
     _add_sampling(chat, top_k=None, greedy_default=True)
     chat.set_defaults(run=cmd_chat)
@@ -176,6 +193,17 @@ def _is_emu35(model: str) -> bool:
     return detect_family(model) == EMU35_FAMILY
 
 
+def check_image_output(output: str) -> None:
+    """Refuse, before any work, an `-o` that names no image file this can write."""
+    from emu3.pipelines.reconstruct import is_image_file
+
+    if Path(output).is_dir():
+        raise ValueError(f"-o {output} is a folder; give an image file name (e.g. {Path(output) / 'out.png'})")
+    if not is_image_file(output):
+        raise ValueError(f"-o {output}: {Path(output).suffix or 'no suffix'} names no image format; "
+                         "end it in .png, .jpg or .webp")
+
+
 def _output_paths(output: str, n: int) -> list[Path]:
     out = Path(output)
     if n == 1:
@@ -190,6 +218,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.speculative < 0:
         raise ValueError(f"--speculative must be >= 0, got {args.speculative}")
+    check_image_output(args.output)
     args.model = str(model_or_bundled(args.model))
     if _is_emu35(args.model):
         from emu3.emu35.cli import generate_from_args
@@ -258,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         payload = args.run(args)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, OSError, MemoryError, ImportError) as exc:
         # Library errors are written to name the problem; a traceback would only hide it.
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc) or type(exc).__name__
         print(f"emu3 {args.command}: error: {message}", file=sys.stderr)
         return 2
     if args.json:

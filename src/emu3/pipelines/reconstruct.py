@@ -4,6 +4,7 @@ An image is encoded as the official 4-frame static clip and decoded back to one 
 (a folder of frames, an animated image or a video file) is encoded in groups of 4 frames; a last
 group that is short is completed by repeating its final frame, and the extra frames are dropped
 after decoding. PSNR compares the reconstruction with the preprocessed (resized) input.
+`save_frames` writes frames as an image, an animated GIF/WebP or a folder of PNG frames.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def reconstruct(vq: VisionTokenizer, processor: ImageProcessor, frames: list[Ima
     """Encode and decode one image (one frame) or a clip (several frames of one size)."""
     if not frames:
         raise ValueError("nothing to reconstruct: no frames")
-    pixels = torch.stack(processor.preprocess(frames))  # (T, 3, H, W)
-    if len({tuple(p.shape) for p in pixels}) != 1:
-        raise ValueError("all frames of a clip must have the same size")
+    pixels = processor.preprocess(frames)
+    odd = next((i for i, p in enumerate(pixels) if p.shape != pixels[0].shape), None)
+    if odd is not None:
+        (w0, h0), (w, h) = frames[0].size, frames[odd].size
+        raise ValueError(f"all frames of a clip must have the same size: frame {odd} is {w}x{h}, frame 0 {w0}x{h0}")
+    pixels = torch.stack(pixels)  # (T, 3, H, W)
     device = next(vq.parameters()).device
     if len(frames) == 1:
         codes = vq.encode(pixels.to(device))[0]  # (h, w)
@@ -58,10 +62,17 @@ def reconstruct_path(vq: VisionTokenizer, processor: ImageProcessor, path: str |
     return reconstruct(vq, processor, load_frames(path))
 
 
+def is_image_file(path: str | Path) -> bool:
+    """Whether `path` names an image file PIL can write (by its suffix), not an existing folder."""
+    path = Path(path)
+    return not path.is_dir() and Image.registered_extensions().get(path.suffix.lower()) in Image.SAVE
+
+
 def save_frames(frames: list[Image.Image], out: str | Path) -> Path:
-    """One frame -> an image file; several -> an animated GIF/WebP if `out` says so, else a folder."""
+    """One frame -> an image file if `out` names one; several -> an animated GIF/WebP if `out` says so;
+    else a folder of PNG frames."""
     out = Path(out)
-    if len(frames) == 1:
+    if len(frames) == 1 and is_image_file(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         frames[0].save(out)
     elif out.suffix.lower() in (".gif", ".webp"):

@@ -1,7 +1,8 @@
 """Image understanding and multi-turn chat: images + question -> answer text.
 
 Uses the official understanding layout (`prompting.chat_prompt`); greedy decoding by default, as
-the official scripts, stopping at eos. `Conversation` keeps the turns (with each answer's exact ids)
+the official scripts, stopping at eos or at `max_new_tokens`, which the model's context may cut
+short (as Emu3.5's chat does). `Conversation` keeps the turns (with each answer's exact ids)
 so a follow-up question sees the history the model produced.
 """
 
@@ -28,8 +29,12 @@ class ChatResult:
 def _answer(m: Emu3, prompt: list[int], max_new_tokens: int, sampling: SamplingConfig, seed: int | None,
             progress: Progress | None) -> ChatResult:
     lm, tok = m.require_lm()
-    ids = generate(lm, [prompt], max_new_tokens=max_new_tokens, sampling=sampling, eos_id=m.vocab.eos,
-                   pad_id=m.vocab.pad, seeds=None if seed is None else [seed], progress=progress)[0]
+    context = lm.config.max_position_embeddings
+    if len(prompt) >= context:
+        raise ValueError(f"the prompt of {len(prompt)} tokens fills the model's context of {context}")
+    ids = generate(lm, [prompt], max_new_tokens=min(max_new_tokens, context - len(prompt)), sampling=sampling,
+                   eos_id=m.vocab.eos, pad_id=m.vocab.pad, seeds=None if seed is None else [seed],
+                   progress=progress)[0]
     return ChatResult(tok.decode(ids).strip(), ids)
 
 

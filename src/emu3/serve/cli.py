@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from emu3.cli import whole_number
 from emu3.serve.settings import Settings
 
 
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--quantize", choices=["int8", "fp8"], help="weight-only quantization of the LM (torchao)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=whole_number("a port", 0, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("EMU3_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $EMU3_API_KEY, else no key)")
     p.add_argument("--model-name", help="the model's id in the API (default: the model folder's name)")

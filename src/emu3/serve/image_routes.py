@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 
 from emu3.generation import SamplingConfig
 from emu3.generation.constraints import image_token_count
+from emu3.pipelines.text_to_image import default_prompts
 from emu3.prompting import generation_prompt, grid_for_ratio
 from emu3.serve import relay
 from emu3.serve.errors import APIError
@@ -53,9 +54,10 @@ async def create_images(body: ImageRequest, request: Request):
 def _spec(body: ImageRequest, worker: Worker) -> ImageSpec:
     """Check the request against limits and the model; what its generation call needs."""
     settings, m = worker.settings, worker.m
-    for name in ("prompt", "negative_prompt", "positive_prompt"):
-        if len(getattr(body, name)) > settings.max_prompt_chars:
-            raise APIError(400, f"'{name}' is {len(getattr(body, name))} characters, more than the limit of "
+    positive, negative = _around(body, m)
+    for name, text in (("prompt", body.prompt), ("negative_prompt", negative), ("positive_prompt", positive)):
+        if len(text) > settings.max_prompt_chars:
+            raise APIError(400, f"'{name}' is {len(text)} characters, more than the limit of "
                                 f"{settings.max_prompt_chars}", param=name, code="prompt_too_long")
     if body.n > settings.max_n:
         raise APIError(400, f"'n' is {body.n}, more than the limit of {settings.max_n}", param="n", code="n_too_large")
@@ -66,15 +68,21 @@ def _spec(body: ImageRequest, worker: Worker) -> ImageSpec:
         raise APIError(400, f"'{param}': {err}", param=param, code="unsupported_ratio") from None
     # text_to_image generates the image's tokens after the longer of the prompt and the negative prompt.
     image_tokens, context = image_token_count(*grid), m.lm.config.max_position_embeddings
-    texts = (("prompt", body.prompt, body.positive_prompt), ("negative_prompt", body.negative_prompt, ""))
-    for name, text, suffix in texts:
+    for name, text, suffix in (("prompt", body.prompt, positive), ("negative_prompt", negative, "")):
         needed = len(generation_prompt(m.tokenizer, text, grid, positive_prompt=suffix)) + image_tokens
         if needed > context:
             raise APIError(400, f"'{name}' is too long: with the {grid[0]}x{grid[1]} image the sequence is {needed} "
                                 f"tokens, more than the model's context of {context}", param=name,
                            code="context_length_exceeded")
     sampling = SamplingConfig(greedy=body.greedy, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
-    return ImageSpec(ratio, body.cfg, body.positive_prompt, body.negative_prompt, sampling)
+    return ImageSpec(ratio, body.cfg, positive, negative, sampling)
+
+
+def _around(body: ImageRequest, m) -> tuple[str, str]:
+    """(positive suffix, negative prompt): the request's, else the model's own (`default_prompts`)."""
+    positive, negative = default_prompts(m)
+    return (positive if body.positive_prompt is None else body.positive_prompt,
+            negative if body.negative_prompt is None else body.negative_prompt)
 
 
 def _ratio(body: ImageRequest) -> tuple[str, str]:

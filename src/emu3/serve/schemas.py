@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emu3.defaults import GUIDANCE_SCALE, TOP_K
-from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT
 
 
 class _Request(BaseModel):
@@ -31,8 +30,10 @@ class ImageRequest(_Request):
                                                "or 'auto'; give size or ratio, not both")
     ratio: str | None = Field(None, description="aspect ratio 'W:H', default 1:1", examples=["16:9"])
     response_format: Literal["b64_json"] = Field("b64_json", description="only b64_json: the server keeps no files")
-    negative_prompt: str = Field(NEGATIVE_PROMPT, description="what guidance steers away from")
-    positive_prompt: str = Field(POSITIVE_PROMPT, description="suffix appended to the prompt")
+    negative_prompt: str | None = Field(None, description="what guidance steers away from (default: the official "
+                                        "one; none for a compact-vocabulary model, trained without it)")
+    positive_prompt: str | None = Field(None, description="suffix appended to the prompt (default: the official "
+                                        "one; none for a compact-vocabulary model)")
     cfg: float = Field(GUIDANCE_SCALE, gt=0, le=100, description="classifier-free guidance scale")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="image i of the request uses seed + i")
     greedy: bool = Field(False, description="take the most likely token instead of sampling")

@@ -83,3 +83,12 @@ def test_bundled_tokenizer_writes_each_flat_color_as_one_code():
     share = (codes == main_code[:, None]).float().mean(1)
     assert share.min() >= 0.85, share
     assert len(main_code.unique()) == len(PALETTE)  # and the colors stay apart
+
+
+def test_a_vision_tokenizer_of_another_codebook_is_refused(emu3_fixture, tmp_path, capsys):
+    other = emu3_fixture / "Emu3-VisionTokenizer-tiny"  # 32768 codes; the bundled LM writes 1024
+    out = tmp_path / "x.png"
+    assert main(["generate", "a red circle", "--vision-tokenizer", str(other), "-o", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "has 32768 codes" in err and "has 1024 visual tokens" in err

@@ -58,6 +58,10 @@ class Emu3:
             raise ValueError("give a model folder, a vision tokenizer folder, or both")
         vq, processor = checkpoint.load_vision_tokenizer(vision_tokenizer, dtype=vq_dtype, device=device)
         vocab = tokenizer.vocab if tokenizer is not None else EMU3
+        if tokenizer is not None and vq.config.codebook_size != vocab.codebook_size:
+            raise checkpoint.CheckpointError(
+                f"the vision tokenizer {vision_tokenizer} has {vq.config.codebook_size} codes but the language "
+                f"model {folder} has {vocab.codebook_size} visual tokens: they are not a pair")
         return cls(lm=lm, tokenizer=tokenizer, vq=vq, processor=processor, vocab=vocab)
 
     @property

@@ -75,6 +75,7 @@ from pathlib import Path
 
 import torch
 
+from emu3.cli import whole_number
 from emu3.defaults import GUIDANCE_SCALE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,19 +85,8 @@ ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
 GROUND_SCENES = [12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000]
 
 
-def whole_number(minimum: int, name: str):
-    """An argparse type `name` (argparse names it in "invalid NAME value"): a whole number >= `minimum`."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
-count = whole_number(0, "count")  # pictures, clips, steps
-positive = whole_number(1, "positive")  # a batch, a width, layers, the steps of a round
+count = whole_number("a count", 0)  # pictures, clips, steps
+positive = whole_number("a positive count", 1)  # a batch, a width, layers, the steps of a round
 
 
 def emu3(*args: str) -> None:

@@ -109,25 +109,27 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path, emu3_fixture):
 
 
 ROUNDS = ["--more-vqa", "1", "--more-videos", "1"]
+POSITIVE = "a positive count is a whole number of at least 1, got"  # the recipe's argparse types
+COUNT = "a count is a whole number of at least 0, got"
 
 
 @pytest.mark.parametrize("bad, named", [
     (["--more-steps", "2", "--more-images", "2", "1", *ROUNDS], "need one value per continue round"),
-    (["--more-steps", "0", "--more-images", "1", *ROUNDS], "argument --more-steps: must be >= 1, got 0"),
-    (["--deepen-steps", "7000", "0"], "argument --deepen-steps: must be >= 1, got 0"),
-    (["--polish-steps", "5000", "0"], "argument --polish-steps: must be >= 1, got 0"),
-    (["--images", "-1"], "argument --images: must be >= 0, got -1"),
-    (["--lm-batch", "0"], "argument --lm-batch: must be >= 1, got 0"),
-    (["--eval-prompts", "ten"], "argument --eval-prompts: invalid count value: 'ten'"),
-    (["--video-clips", "-1"], "argument --video-clips: must be >= 0, got -1"),
+    (["--more-steps", "0", "--more-images", "1", *ROUNDS], f"argument --more-steps: {POSITIVE} '0'"),
+    (["--deepen-steps", "7000", "0"], f"argument --deepen-steps: {POSITIVE} '0'"),
+    (["--polish-steps", "5000", "0"], f"argument --polish-steps: {POSITIVE} '0'"),
+    (["--images", "-1"], f"argument --images: {COUNT} '-1'"),
+    (["--lm-batch", "0"], f"argument --lm-batch: {POSITIVE} '0'"),
+    (["--eval-prompts", "ten"], f"argument --eval-prompts: {COUNT} 'ten'"),
+    (["--video-clips", "-1"], f"argument --video-clips: {COUNT} '-1'"),
     (["--video-weight", "0", "3"], "--video-weight must be positive"),
     (["--video-weight", "2", "3", "3"], "one per polish round (2)"),
     (["--polish-scenes", "0", "0", "0"], "--polish-scenes: not all 0"),
-    (["--ground-steps", "1500", "0"], "argument --ground-steps: must be >= 1, got 0"),
+    (["--ground-steps", "1500", "0"], f"argument --ground-steps: {POSITIVE} '0'"),
     (["--ground-steps", "1500", "1500", "1500"], "four counts per ground round (3)"),  # 2 default rounds
     (["--ground-scenes", "100", "100", "5", "10"], "four counts per ground round (2)"),
     (["--ground-steps", "9", "--ground-scenes", "100", "100", "0", "10"], "with some PLACE pictures"),
-    (["--ground-steps", "9", "--ground-scenes", "100", "-1", "5", "10"], "argument --ground-scenes: must be >= 0"),
+    (["--ground-steps", "9", "--ground-scenes", "100", "-1", "5", "10"], f"argument --ground-scenes: {COUNT} '-1'"),
 ])
 def test_recipe_refuses_bad_counts_before_any_work(tmp_path, bad, named):
     cmd = [sys.executable, str(REPO / "scripts" / "train_shapes.py"), "--work", str(tmp_path / "w"), *bad,

@@ -85,16 +85,18 @@ def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def whole_number(what: str, low: int, high: int):
-    """An argparse type: a whole number from `low` to `high`; anything else is refused naming `what`."""
+def whole_number(what: str, low: int, high: int | None = None):
+    """An argparse type: a whole number from `low` to `high` (no bound when None); anything else is
+    refused naming `what`."""
+    span = f"of at least {low}" if high is None else f"from {low} to {high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} is a whole number from {low} to {high}, got {text!r}")
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{what} is a whole number {span}, got {text!r}")
         return value
 
     return parse

@@ -94,6 +94,7 @@ def test_chat_answers_in_text_only(capsys, lm_dir, reference, loaded):
     # A reference area whose grid cannot fit the context is refused before the pixels are resized.
     (["chat", "x", "--image-area", "1000000000000", "--image", "REF"], "more than the model's context"),
     (["chat", "x", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    (["edit", "x", "-o", "edited", "--image", "REF"], "-o edited: no suffix names no image format"),
 ])
 def test_bad_requests_exit_2_with_a_message(capsys, lm_dir, reference, loaded, argv, message):
     argv = [reference if a == "REF" else a for a in argv]

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from emu3.cli import whole_number
 from emu3.generation import SamplingConfig
 
 INTERLEAVED_TASKS = {
@@ -57,7 +58,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg", type=float, default=None, help="guidance scale on image tokens")
     g.add_argument("--image-area", type=int, default=None, help="pixel area of reference and generated images")
     g.add_argument("--max-new-tokens", type=int, default=None, help="token budget of the response")
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
+                   help="seed for reproducible sampling")
     g.add_argument("--greedy", action="store_true", help="take the most likely token everywhere")
     for mode in ("text", "image"):
         g.add_argument(f"--{mode}-top-k", type=int, default=None)
@@ -127,8 +129,10 @@ def _image_payload(results, paths: list[Path]) -> dict:
 
 
 def cmd_edit(args: argparse.Namespace) -> dict:
+    from emu3.cli import check_image_output
     from emu3.vision import load_image
 
+    check_image_output(args.output)
     images = [load_image(p) for p in args.image]
     results = _task_run(args, "x2i", args.instruction, images)
     paths = _save_single_images(results, args.output)

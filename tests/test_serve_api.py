@@ -218,6 +218,7 @@ BAD = {
     "messages missing": (CHAT, {}, 400, "messages"),
     "messages empty": (CHAT, {"messages": []}, 400, "messages"),
     "content wrong type": (CHAT, {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    "content no parts": (CHAT, {"messages": [{"role": "user", "content": []}]}, 400, "messages[0].content"),
     "role unknown": (CHAT, {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
     "part type unknown": (CHAT, {"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, 400,
                           "messages[0].content[0].type"),

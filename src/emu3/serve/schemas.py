@@ -10,7 +10,7 @@ endpoints, not here. Streamed events are documented in the endpoint descriptions
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,7 +82,7 @@ class ContentPart(_Request):
 
 class Message(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: str | Annotated[list[ContentPart], Field(min_length=1)]
     name: str | None = Field(None, description="accepted and ignored")
 
 

@@ -44,17 +44,18 @@ checkpoint, so running the command again goes on where it stopped):
                  where their objects are, as many "yes" as "no" per form (`place_questions`); `emu3 train` from
                  the polished LM on them alone, 1500 steps at 1e-4 cosine to 1e-5: the ordinary mix asks few
                  such questions, mostly "no", and the LM answered "no" to all. It repeats once per round
-                 (`--ground-steps 1500 1500`; none: no such stage), each round from the one before on fresh
-                 scenes of its own (four counts per round; seed + 51 for round 2, ...); round 2 gives twice as
-                 many pictures place questions (10000)
+                 (`--ground-steps 1500 1500 700`; none: no such stage), each round from the one before on
+                 fresh scenes of its own (four counts per round; seed + 51 for round 2, ...); round 2 gives
+                 twice as many pictures place questions (10000), round 3 gives 4000 of its scenes to clips
  11. bundle      the LM beside that tokenizer; eval: ShapesEval on held-out compositions
 With `--install`, the bundle is copied to `src/emu3/assets/shapes/{model,vision-tokenizer}`.
 The official BPE ranks file (`emu3.tiktoken`) comes from `--bpe` (default: the shared fixture).
 
-The defaults take about fourteen and a quarter hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
+The defaults take about sixteen hours on a 2-core CPU (tokenizer 70 min, decoder 16 min,
 grown decoder 74 min, LM 96 min; round 1: more data 10 min, continue 85 min; round 2: more data 12 min,
 continue 78 min; deepen 74 + 50 min; clips 6 min; polish 68 min; fresh scenes 11 min; polish round 2
-76 min; ground 36 + 49 min, on another 2-core CPU; figures in benchmarks/RESULTS.md; the stages before
+76 min; ground 36 + 49 min, on another 2-core CPU, and round 3 100 min on a slower one, its data
+prepared beside other work; figures in benchmarks/RESULTS.md; the stages before
 deepen were timed with gradient checkpointing, which the recipe now turns off: same math, less work).
 Every stage but polish round 2 ran in fp32; that one ran with `--dtype bf16` (in fp32 it takes about
 2 h), which on a CPU with AMX (`lscpu | grep amx`) trains about 1.6-1.8x faster (bf16 autocast with
@@ -82,7 +83,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BPE = REPO.parent / "shared" / "fixtures" / "emu3-tiny-original" / "Emu3-tiny" / "emu3.tiktoken"
 ASSETS = REPO / "src" / "emu3" / "assets" / "shapes"
 # IMAGES VQA PLACE CLIPS of each default ground round
-GROUND_SCENES = [12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000]
+GROUND_SCENES = [12000, 4000, 5000, 1000, 8000, 3000, 10000, 1000, 6000, 3000, 8000, 4000]
 
 
 count = whole_number("a count", 0)  # pictures, clips, steps
@@ -431,12 +432,12 @@ def main() -> None:
     p.add_argument("--video-weight", type=float, nargs="+",
                    help="times the video set is drawn per epoch: one value per polish round, or one for all "
                         "(default: 2 in round 1, 3 after)")
-    p.add_argument("--ground-steps", type=positive, nargs="*", default=[1500, 1500],
+    p.add_argument("--ground-steps", type=positive, nargs="*", default=[1500, 1500, 700],
                    help="steps of each ground round, on fresh scenes with place questions (none: no such stage)")
     p.add_argument("--ground-scenes", type=count, nargs="+", metavar="N",
                    help="fresh scenes of each ground round, four counts per round: IMAGES VQA PLACE CLIPS (PLACE "
                         "pictures carry 5 place questions each; default: 12000 4000 5000 1000 in round 1, "
-                        "8000 3000 10000 1000 in round 2)")
+                        "8000 3000 10000 1000 in round 2, 6000 3000 8000 4000 in round 3)")
     p.add_argument("--ground-lr", default="1e-4", help="peak learning rate of each ground round")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale at evaluation")
     p.add_argument("--eval-prompts", type=count, default=100)

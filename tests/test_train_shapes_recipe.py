@@ -126,8 +126,8 @@ COUNT = "a count is a whole number of at least 0, got"
     (["--video-weight", "2", "3", "3"], "one per polish round (2)"),
     (["--polish-scenes", "0", "0", "0"], "--polish-scenes: not all 0"),
     (["--ground-steps", "1500", "0"], f"argument --ground-steps: {POSITIVE} '0'"),
-    (["--ground-steps", "1500", "1500", "1500"], "four counts per ground round (3)"),  # 2 default rounds
-    (["--ground-scenes", "100", "100", "5", "10"], "four counts per ground round (2)"),
+    (["--ground-steps", "1500", "1500", "700", "700"], "four counts per ground round (4)"),  # 3 default rounds
+    (["--ground-scenes", "100", "100", "5", "10"], "four counts per ground round (3)"),
     (["--ground-steps", "9", "--ground-scenes", "100", "100", "0", "10"], "with some PLACE pictures"),
     (["--ground-steps", "9", "--ground-scenes", "100", "-1", "5", "10"], f"argument --ground-scenes: {COUNT} '-1'"),
 ])

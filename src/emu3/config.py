@@ -31,9 +31,10 @@ _IGNORED_OFFICIAL_KEYS = frozenset(
 
 
 def _check_numbers(cfg: Any, positive: tuple[str, ...], non_negative: tuple[str, ...] = (),
-                   positive_real: tuple[str, ...] = ()) -> None:
+                   positive_real: tuple[str, ...] = (), fractions: tuple[str, ...] = ()) -> None:
     """Raise a ValueError naming the field when a count is not a positive (or non-negative) integer,
-    or a real-valued setting is not a positive number (config files can hold strings, nulls, floats)."""
+    a real-valued setting is not a positive number, or a fraction (a dropout) is not in [0, 1)
+    (config files can hold strings, nulls, floats)."""
     for name in positive + non_negative:
         value = getattr(cfg, name)
         low = 1 if name in positive else 0
@@ -44,6 +45,10 @@ def _check_numbers(cfg: Any, positive: tuple[str, ...], non_negative: tuple[str,
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
+    for name in fractions:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
 def _reject_unknown(cls: type, data: dict[str, Any]) -> None:
@@ -75,13 +80,11 @@ class LMConfig:
     def __post_init__(self) -> None:
         _check_numbers(self, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                               "num_kv_heads", "max_position_embeddings", "image_area"), ("pad_token_id",),
-                       ("rope_theta", "rms_norm_eps"))
+                       ("rope_theta", "rms_norm_eps"), ("dropout",))
         if self.head_dim is not None:
             _check_numbers(self, ("head_dim",))
         if self.pad_token_id >= self.vocab_size:
             raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size} tokens")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim is None and self.hidden_size % self.num_heads:
@@ -154,9 +157,7 @@ def _normalise_conv_fields(cfg: Any) -> None:
             raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
         object.__setattr__(cfg, name, tuple(value))
     _check_numbers(cfg, ("codebook_size", "embed_dim", "z_channels", "in_channels", "out_channels", "ch",
-                         "num_res_blocks"))
-    if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, numbers.Real) or not 0 <= cfg.dropout < 1:
-        raise ValueError(f"dropout must be a number in [0, 1), got {cfg.dropout!r}")
+                         "num_res_blocks"), fractions=("dropout",))
     if cfg.ch % 32:
         raise ValueError(f"ch {cfg.ch} must be a multiple of 32 (GroupNorm with 32 groups)")
 

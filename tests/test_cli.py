@@ -120,10 +120,16 @@ def test_a_video_without_a_video_reader_exits_2_naming_the_package(capsys, tmp_p
 
 
 def test_reconstruct_one_image_into_a_folder(capsys, tmp_path, emu3_fixture):
+    (tmp_path / "frames").mkdir()  # a longer clip written there before, and a file of the user's
+    for name in ("frame_00000.png", "frame_00001.png", "frame_00002.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "frames" / name)
+    (tmp_path / "frames" / "notes.txt").write_text("kept")
     out = run_json(capsys, ["reconstruct", str(emu3_fixture / "input.png"), "--vision-tokenizer",
                             str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "-o", str(tmp_path / "frames")])
     assert out["output"] == str(tmp_path / "frames")
-    assert [p.name for p in (tmp_path / "frames").iterdir()] == ["frame_00000.png"]
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_00000.png", "notes.txt"]
+    with Image.open(tmp_path / "frames" / "frame_00000.png") as frame:
+        assert frame.size != (8, 8)  # the reconstruction replaced the old frame
 
 
 @pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])

@@ -1,17 +1,23 @@
 """Kill-and-resume: a run stopped after a checkpoint and resumed reproduces the uninterrupted losses
-exactly (dropout, caption dropout and LoRA dropout included); crashes never corrupt `latest`."""
+exactly (dropout, caption dropout and LoRA dropout included, and the vision tokenizer's dead-code
+restarts); crashes never corrupt `latest`."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from emu3.checkpoint import load_lm
 from emu3.cli import main
 from emu3.train import state
-from emu3.train.config import SFTConfig
+from emu3.train.config import SFTConfig, VQTrainConfig
 from emu3.train.lora import merge_lora
 from emu3.train.metrics import read_log
 from emu3.train.sft import train_lm
+from emu3.train.vq import train_vq
 from tests.test_train_utils import base_model, one_thread, t2i_dataset  # noqa: F401
 
 
@@ -58,6 +64,34 @@ def test_resume_reproduces_the_uninterrupted_losses(setup):
     resumed = {r["step"]: r["loss"] for r in cut}  # later lines win
     assert [resumed[s] for s in range(1, 7)] == [r["loss"] for r in full]  # exactly
     assert len({r["loss"] for r in full}) == 6
+
+
+def test_vq_resume_restarts_the_same_dead_codes(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"image": f"{i}.png"}) + "\n" for i in range(4)))
+
+    def cfg(out, **kw):
+        return VQTrainConfig(output=str(tmp_path / out), data=str(tmp_path / "m.jsonl"), preset="tiny", init=True,
+                             resolution=16, micro_batch_size=2, max_steps=6, save_every=2, warmup_steps=0,
+                             lr=1e-3, restart_dead_codes=2, quiet=True, **kw)
+
+    train_vq(cfg("full"))
+    with pytest.raises(Killed):  # codes idle for 2 micro-batches at the step-4 checkpoint restart at step 5
+        train_vq(cfg("cut"), on_step=_kill_after(5))
+    train_vq(cfg("cut", resume=True))
+    full = read_log(tmp_path / "full" / "metrics.jsonl")
+    resumed = {r["step"]: r["loss"] for r in read_log(tmp_path / "cut" / "metrics.jsonl")}
+    assert [resumed[s] for s in range(1, 7)] == [r["loss"] for r in full]  # exactly
+    # a checkpoint written before the counters were saved still resumes (every code counted as just hit)
+    folder = state.latest(tmp_path / "cut")
+    weights = load_file(str(folder / "model.safetensors"))
+    assert weights.pop("idle").any()
+    save_file(weights, str(folder / "model.safetensors"))
+    longer = cfg("cut", resume=True)
+    longer.max_steps = 7
+    assert train_vq(longer)["steps"] == 7
 
 
 def test_a_crash_while_saving_leaves_latest_on_the_previous_checkpoint(setup, monkeypatch):

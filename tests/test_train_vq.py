@@ -60,7 +60,7 @@ def test_dead_codes_move_onto_latents_of_the_batch():
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
     wrapper(pixels)  # nothing is idle yet: no restart; the unpicked codes become idle
     before = vq.quantize.embedding.weight.detach().clone()
-    idle = wrapper._idle > 0
+    idle = wrapper.idle > 0
     assert idle.any()
     wrapper(pixels)
     after = vq.quantize.embedding.weight.detach()

@@ -68,9 +68,13 @@ def is_image_file(path: str | Path) -> bool:
     return not path.is_dir() and Image.registered_extensions().get(path.suffix.lower()) in Image.SAVE
 
 
+FRAME_NAME = "frame_{:05d}.png"
+
+
 def save_frames(frames: list[Image.Image], out: str | Path) -> Path:
     """One frame -> an image file if `out` names one; several -> an animated GIF/WebP if `out` says so;
-    else a folder of PNG frames."""
+    else a folder of PNG frames `frame_00000.png`, ..., where frame files left by a longer clip written
+    there before are removed (other files stay), so the folder's frames are this clip's."""
     out = Path(out)
     if len(frames) == 1 and is_image_file(out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,5 +85,9 @@ def save_frames(frames: list[Image.Image], out: str | Path) -> Path:
     else:
         out.mkdir(parents=True, exist_ok=True)
         for i, frame in enumerate(frames):
-            frame.save(out / f"frame_{i:05d}.png")
+            frame.save(out / FRAME_NAME.format(i))
+        stale = len(frames)
+        while (out / FRAME_NAME.format(stale)).is_file():
+            (out / FRAME_NAME.format(stale)).unlink()
+            stale += 1
     return out

@@ -49,6 +49,11 @@ def _flat_latents(z: torch.Tensor) -> torch.Tensor:
     return z.permute(0, 1, 3, 4, 2).reshape(-1, z.shape[2])
 
 
+def _default_idle(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the idle counters were saved resume with every code counted as just hit."""
+    state.setdefault(prefix + "idle", torch.zeros_like(module.idle))
+
+
 class VQLoss(nn.Module):
     """Wraps the tokenizer; `forward(pixels)` -> (summed loss, per-sample stats, codes)."""
 
@@ -56,7 +61,10 @@ class VQLoss(nn.Module):
         super().__init__()
         self.vq, self.cfg = vq, cfg
         self._lpips = None
-        self._idle = torch.zeros(vq.config.codebook_size, dtype=torch.long)  # micro-batches since each code was hit
+        # micro-batches since each code was hit: a buffer, so checkpoints carry it and a resume restarts
+        # the same codes; `export` keeps only the `vq.` weights
+        self.register_buffer("idle", torch.zeros(vq.config.codebook_size, dtype=torch.long))
+        self.register_load_state_dict_pre_hook(_default_idle)
         if cfg.perceptual_weight > 0:
             try:
                 import lpips
@@ -83,13 +91,13 @@ class VQLoss(nn.Module):
     @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:
         """Codes idle for `restart_dead_codes` micro-batches are moved onto random latents of this batch."""
-        dead = (self._idle >= self.cfg.restart_dead_codes).nonzero().flatten()
+        dead = (self.idle >= self.cfg.restart_dead_codes).nonzero().flatten()
         if len(dead):
             flat = _flat_latents(z.detach()).float()
             pick = torch.randint(len(flat), (len(dead),), device=flat.device)
             weight = self.vq.quantize.embedding.weight
             weight[dead.to(weight.device)] = flat[pick].to(weight.dtype)
-            self._idle[dead] = 0
+            self.idle[dead] = 0
 
     @torch.no_grad()
     def init_codebook(self, batches: list[torch.Tensor], seed: int) -> None:
@@ -103,7 +111,7 @@ class VQLoss(nn.Module):
             extra = flat[torch.randint(len(flat), (len(weight) - len(centres),), generator=g)].float()
             centres = torch.cat([centres, extra + 1e-3 * extra.std() * torch.randn(extra.shape, generator=g)])
         weight.copy_(centres.to(weight.device, weight.dtype))
-        self._idle.zero_()
+        self.idle.zero_()
 
     def forward(self, pixels: torch.Tensor, quantize: bool = True
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -114,8 +122,8 @@ class VQLoss(nn.Module):
         with torch.no_grad():
             codes = self.vq.quantize(z)  # (B, t, h, w)
             if self.training and quantize:
-                hit = torch.bincount(codes.flatten().cpu(), minlength=len(self._idle)) > 0
-                self._idle = torch.where(hit, 0, self._idle + 1)
+                hit = torch.bincount(codes.flatten(), minlength=len(self.idle)) > 0
+                self.idle.copy_(torch.where(hit, 0, self.idle + 1))
         zq = self.vq.quantize.lookup(codes).to(z.dtype)  # (B, t, E, h, w)
         dims = tuple(range(1, z.ndim))
         codebook = (zq - z.detach()).float().pow(2).mean(dims)  # (B,)

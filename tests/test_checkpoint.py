@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -159,3 +161,20 @@ def test_vision_tokenizer_search_skips_neighbours_that_are_not_checkpoints(emu3_
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_bytes(text)
     assert checkpoint.find_vision_tokenizer(tmp_path / "lm") == tmp_path / "vq"
+
+
+def test_building_on_meta_skips_initialisation_and_loading_imports_no_compiler(emu3_fixture):
+    from emu3.model.meta import build_on_meta
+
+    with build_on_meta():
+        embedding = torch.nn.Embedding(8, 4)
+        drawn = torch.zeros(3, device="cpu").normal_()  # a real tensor is still initialised
+    assert embedding.weight.is_meta and drawn.abs().sum() > 0
+    # torch's meta `normal_` and `arange` import torch._dynamo and symbolic shapes (a second and a half
+    # of the main job); loading must not
+    slow = ["torch._dynamo", "torch.fx.experimental.symbolic_shapes"]
+    code = ("import sys; from emu3.pipelines.loading import Emu3; "
+            f"Emu3.load({str(emu3_fixture / 'Emu3-tiny')!r}, {str(emu3_fixture / 'Emu3-VisionTokenizer-tiny')!r}); "
+            f"print([m for m in {slow!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from emu3.config import IBQConfig, LMConfig, VQConfig
+from emu3.model.meta import build_on_meta
 from emu3.model.transformer import Transformer
 from emu3.train import atomic
 from emu3.vocab import EMU3, EMU35
@@ -181,7 +182,7 @@ def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     tensors = read_tensors(weight_files(folder), rename)
     if not is_hf_format(config) and any(k.endswith("self_attn.q_norm.weight") for k in tensors):
         cfg = dataclasses.replace(cfg, qk_norm=True)
-    with torch.device("meta"):
+    with build_on_meta():
         model = Transformer(cfg)
     assign_state_dict(model, tensors, str(folder), dtype, device)
     return model.eval()
@@ -256,7 +257,7 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
     tensors = read_tensors(weight_files(folder), rename)
     if convert is not None:
         tensors = {k: convert(k, t) for k, t in tensors.items()}
-    with torch.device("meta"):
+    with build_on_meta():
         model = VisionTokenizer(cfg)
     assign_state_dict(model, tensors, str(folder), dtype, device)
     model.quantize.set_aliases(read_code_aliases(folder, cfg.codebook_size))
@@ -380,7 +381,7 @@ def load_ibq(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, dev
         raise CheckpointError(f"{folder} is not an Emu3.5 vision tokenizer: {IBQ_CONFIG} is missing")
     cfg = read_ibq_config(folder)
     tensors = read_ibq_tensors(folder / IBQ_WEIGHTS)
-    with torch.device("meta"):
+    with build_on_meta():
         model = IBQ(cfg)
     assign_state_dict(model, tensors, str(folder / IBQ_WEIGHTS), dtype, device)
     return model.eval()

@@ -26,6 +26,7 @@ from torch import nn
 
 from emu3.config import LMConfig
 from emu3.model import Transformer
+from emu3.model.meta import build_on_meta
 from emu3.vision import VisionTokenizer
 from emu3.vision.layers import AttnBlock, ResnetBlock, ResnetTemporalBlock
 
@@ -114,7 +115,7 @@ def deepen_lm(lm: Transformer, extra: int) -> Transformer:
                 if new:
                     value = torch.zeros_like(value) if name in _RESIDUAL_WRITERS else value.clone()
                 grown_state[f"model.layers.{index}.{name}"] = value
-    with torch.device("meta"):
+    with build_on_meta():
         grown = Transformer(deepened_config(lm.config, extra))
     grown.load_state_dict(grown_state, strict=True, assign=True)
     grown.gradient_checkpointing = lm.gradient_checkpointing

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from emu3 import checkpoint
 from emu3.config import LMConfig, VQConfig
 from emu3.model import Transformer
+from emu3.model.meta import build_on_meta
 from emu3.train import atomic
 from emu3.train.deepen import identity_blocks
 from emu3.train.lora import merge_lora
@@ -44,7 +45,7 @@ def export_lm(state: dict[str, torch.Tensor], cfg: LMConfig, dest: Path, *, lora
         state = merge_lora(state, lora_scale)
     cast = DTYPES[dtype]
     state = {k: v.to(cast) if v.is_floating_point() else v for k, v in state.items()}
-    with torch.device("meta"):
+    with build_on_meta():
         model = Transformer(cfg)
     checkpoint.assign_state_dict(model, state, "the trained model", None, "cpu")
     with atomic.staged_dir(dest / LM_DIR) as tmp:

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from emu3 import checkpoint as ckpt
 from emu3.config import LMConfig, lm_preset
 from emu3.model import Transformer
+from emu3.model.meta import build_on_meta
 from emu3.train import distributed, export
 from emu3.train.batching import Layout, MicroBatch, Plan
 from emu3.train.config import SFTConfig
@@ -189,7 +190,7 @@ def build_model(cfg: SFTConfig) -> tuple[Transformer, LMConfig, Path | None]:
     """(model on CPU in fp32, its config, the base folder if any) as `cfg` asks."""
     lm_cfg, base = _base(cfg)
     if cfg.init:
-        with torch.device("meta"):  # allocate once, then draw every weight from our generator
+        with build_on_meta():  # allocate once, then draw every weight from our generator
             model = Transformer(lm_cfg)
         model.to_empty(device="cpu")
         model.init_weights(0.02, torch.Generator().manual_seed(cfg.seed))

@@ -193,8 +193,12 @@ class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size: int, embed_dim: int):
         super().__init__()
         self.embedding = nn.Embedding(codebook_size, embed_dim)
-        # code -> the code that encoding returns; not in the state dict (the official weights lack it)
-        self.register_buffer("canonical", torch.arange(codebook_size), persistent=False)
+        # code -> the code that encoding returns; not in the state dict (the official weights lack it).
+        # Built on the meta device (checkpoint loading), it is made on the CPU: a meta `arange` costs half a
+        # second of imports, and loading installs the real table with `set_aliases` anyway.
+        meta = torch.get_default_device().type == "meta"
+        self.register_buffer("canonical", torch.arange(codebook_size, device="cpu" if meta else None),
+                             persistent=False)
 
     def set_aliases(self, canonical: torch.Tensor | None) -> None:
         """Install a (K,) code -> canonical code table; None restores the identity."""

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from emu3.cli import main
+from emu3.defaults import COMPACT_PLAUSIBILITY
 from tests.conftest import REPO
 
 
@@ -84,6 +85,8 @@ def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
      "exceeds the model's context"),
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--speculative", "-1", "-o", "{tmp}/o.png"],
      "--speculative"),
+    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--plausibility", "1", "-o", "{tmp}/o.png"],
+     "plausibility must be in [0, 1), got 1.0"),
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--image-area", "1024", "--batch", "1000000",
       "-o", "{tmp}/o.png"], "Use fewer images per batch"),
     # An output that cannot be written is refused before the model is even looked for.
@@ -169,3 +172,15 @@ def test_readme_main_job_runs(tmp_path, emu3_fixture):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "out.png").size == (64, 64)
+
+
+def test_plausibility_defaults_to_the_models_own(tiny):
+    import emu3
+    from emu3.cli import _sampling, build_parser
+
+    parse = build_parser().parse_args
+    bundled = emu3.load()  # a compact-vocabulary model: the constraint on
+    assert _sampling(parse(["generate", "x", "-o", "o.png"]), bundled).plausibility == COMPACT_PLAUSIBILITY > 0
+    assert _sampling(parse(["generate", "x", "-o", "o.png", "--plausibility", "0"]), bundled).plausibility == 0
+    assert _sampling(parse(["generate", "x", "-o", "o.png"]), tiny).plausibility == 0  # official: off
+    assert _sampling(parse(["video", "x", "-o", "f", "--plausibility", "0.2"]), tiny).plausibility == 0.2

@@ -99,8 +99,10 @@ def test_a_compact_model_generates_an_image(compact, emu3_fixture, tmp_path):
     v = compact.vocab
     m = Emu3.load(save_compact_model(tmp_path, compact, emu3_fixture))
     assert m.vocab == v
-    result = text_to_image(m, CORPUS[0], seed=0, positive_prompt="", negative_prompt="")
+    result = text_to_image(m, CORPUS[0], seed=0)
     assert result.images[0].size == (32, 32) and result.grid == (4, 4)
+    # by default, no official prompts around the user's (the model was trained without them)
+    assert result.token_ids == text_to_image(m, CORPUS[0], seed=0, positive_prompt="", negative_prompt="").token_ids
 
     from emu3.cli import main
 

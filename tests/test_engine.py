@@ -106,6 +106,20 @@ def test_temperature_zero_is_greedy_in_the_fast_loops(lm, draft_len):
     assert cold == generate_images(lm, prompts, grids, sampling=GREEDY, **kwargs)
 
 
+@pytest.mark.parametrize("draft_len", [0, 3])
+def test_full_plausibility_draws_the_conditional_argmax_in_every_loop(lm, draft_len):
+    # near 1, only the conditional's most likely code survives guidance, so sampling becomes unguided greedy
+    prompts, grids, negative = [[42, 3, 5, 45, 44], [42, 9, 45, 44]], [(3, 4), (2, 2)], [[42, 45, 44]] * 2
+    strict = SamplingConfig(plausibility=0.999)
+    guided = generate_images(lm, prompts, grids, vocab=VOCAB, sampling=strict, negative_prompts=negative,
+                             cfg_scale=3.0, seeds=[1, 2], draft_len=draft_len)
+    unguided = generate_images(lm, prompts, grids, vocab=VOCAB, sampling=GREEDY)
+    assert guided == unguided == plain(lm, prompts, grids, VOCAB, sampling=strict, negative_prompts=negative,
+                                       cfg_scale=3.0, seeds=[1, 2])
+    assert guided != generate_images(lm, prompts, grids, vocab=VOCAB, sampling=GREEDY, negative_prompts=negative,
+                                     cfg_scale=3.0)  # guidance does change these codes
+
+
 def test_empty_grids_and_negative_draft_lengths_are_refused(lm):
     for grid in [(0, 3), (2, 0), (-1, 2)]:
         with pytest.raises(ValueError, match="at least one row and one column"):

@@ -114,6 +114,20 @@ def test_guide_formula():
     torch.testing.assert_close(guide(cond, uncond, 3.0), expected)
 
 
+def test_plausibility_keeps_guidance_off_the_conditional_tail():
+    # the head code: 0.99 given the prompt, 0.1 without; a tail code: 1e-7 and 1e-13
+    cond = torch.tensor([[0.99, 1e-7, 0.01 - 1e-7]]).log()
+    uncond = torch.tensor([[0.1, 1e-13, 0.9 - 1e-13]]).log()
+    assert guide(cond, uncond, 3.0).argmax(-1).item() == 1  # guidance alone prefers the tail code
+    constrained = guide(cond, uncond, 3.0, plausibility=1e-3)
+    assert torch.isinf(constrained).tolist() == [[False, True, False]] and constrained.argmax(-1).item() == 0
+    # tokens above the floor keep their guided scores exactly
+    cond, uncond = torch.randn(4, 50), torch.randn(4, 50)
+    kept = cond.softmax(-1) >= 0.2 * cond.softmax(-1).max(-1, keepdim=True).values
+    full, cut = guide(cond, uncond, 3.0), guide(cond, uncond, 3.0, plausibility=0.2)
+    assert torch.equal(torch.isfinite(cut), kept) and torch.equal(cut[kept], full[kept])
+
+
 def test_top_k_top_p_and_temperature():
     scores = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     assert torch.isinf(warp(scores, SamplingConfig(top_k=2))).tolist() == [[True, False, False, True]]
@@ -130,6 +144,7 @@ def test_top_k_top_p_and_temperature():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(temperature=-1), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
+    (dict(plausibility=-0.1), "plausibility"), (dict(plausibility=1.0), "plausibility"),
 ])
 def test_bad_sampling_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

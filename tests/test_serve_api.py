@@ -14,6 +14,8 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from emu3.defaults import COMPACT_PLAUSIBILITY, TOP_K  # noqa: E402
+from emu3.generation import SamplingConfig  # noqa: E402
 from emu3.pipelines import answer, text_to_image  # noqa: E402
 from emu3.serve.app import create_app  # noqa: E402
 from emu3.serve.settings import Settings  # noqa: E402
@@ -85,9 +87,9 @@ def test_images_match_the_pipeline_with_the_same_seeds(client, tiny):
         assert np.array_equal(pixels(data["b64_json"]), np.asarray(image))
 
 
-def test_images_default_to_the_models_own_prompts(emu3_fixture, tmp_path):
+def test_images_default_to_the_models_own_prompts_and_sampling(emu3_fixture, tmp_path):
     """A compact-vocabulary model, trained without the official positive and negative prompts, is served
-    without them, as `emu3 generate` runs it."""
+    without them and with its plausibility constraint, as `emu3 generate` runs it."""
     from emu3.compact_vocab import CompactTokenizer
     from emu3.pipelines import Emu3
     from emu3.tokenizer import Tokenizer
@@ -95,10 +97,13 @@ def test_images_default_to_the_models_own_prompts(emu3_fixture, tmp_path):
     compact = CompactTokenizer.build(Tokenizer.from_dir(emu3_fixture / "Emu3-tiny"), ["a red cube"], codebook_size=16)
     m = Emu3.load(save_compact_model(tmp_path, compact, emu3_fixture, std=0.3))
     with TestClient(create_app(m, Settings(**LIMITS))) as c:
-        answer_ = c.post("/v1/images/generations", json={"prompt": "a red cube", "seed": 5})
-    assert answer_.status_code == 200, answer_.text
-    expected = text_to_image(m, "a red cube", seed=5, positive_prompt="", negative_prompt="").images[0]
-    assert np.array_equal(pixels(answer_.json()["data"][0]["b64_json"]), np.asarray(expected))
+        answers = [c.post("/v1/images/generations", json={"prompt": "a red cube", "seed": 5, **extra})
+                   for extra in ({}, {"plausibility": 0.5})]
+    assert all(a.status_code == 200 for a in answers), answers[0].text
+    for answer_, plausibility in zip(answers, (COMPACT_PLAUSIBILITY, 0.5)):  # the model's own, then the request's
+        sampling = SamplingConfig(top_k=TOP_K, plausibility=plausibility)
+        expected = text_to_image(m, "a red cube", seed=5, positive_prompt="", negative_prompt="", sampling=sampling)
+        assert np.array_equal(pixels(answer_.json()["data"][0]["b64_json"]), np.asarray(expected.images[0]))
 
 
 def test_openai_images_request_shape(client):
@@ -203,6 +208,7 @@ BAD = {
     "n over the limit": (IMAGE, {"prompt": "x", "n": 4}, 400, "n"),
     "n zero": (IMAGE, {"prompt": "x", "n": 0}, 400, "n"),
     "cfg negative": (IMAGE, {"prompt": "x", "cfg": -1}, 400, "cfg"),
+    "plausibility of one": (IMAGE, {"prompt": "x", "plausibility": 1}, 400, "plausibility"),
     "seed negative": (IMAGE, {"prompt": "x", "seed": -1}, 400, "seed"),
     "top_p too big": (IMAGE, {"prompt": "x", "top_p": 1.5}, 400, "top_p"),
     "unknown field": (IMAGE, {"prompt": "x", "sed": 1}, 400, "sed"),

@@ -169,4 +169,4 @@ def test_eval_draws_pictures_and_clips_with_the_given_sampling(tiny, monkeypatch
     assert seen == [sampling, sampling]
     seen.clear()
     evaluate_model(tiny, n_prompts=1, n_questions=0, n_videos=1)
-    assert seen == [t2i.DEFAULT_SAMPLING, t2i.DEFAULT_SAMPLING]
+    assert seen == [t2i.default_sampling(tiny)] * 2 == [SamplingConfig(top_k=2048)] * 2  # official: no plausibility

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from emu3.bundled import model_or_bundled, vision_tokenizer_or_bundled
-from emu3.defaults import GUIDANCE_SCALE, TOP_K
+from emu3.defaults import GUIDANCE_SCALE, PLAUSIBILITY_HELP, TOP_K
 from emu3.generation import SamplingConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -102,19 +102,30 @@ def whole_number(what: str, low: int, high: int | None = None):
     return parse
 
 
-def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool) -> None:
+def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool,
+                  guided: bool = False) -> None:
+    """The sampling flags; `guided` commands (pictures and clips) also take --plausibility."""
     g = p.add_argument_group("sampling")
     g.add_argument("--greedy", action="store_true", default=greedy_default, help="always take the most likely token")
     g.add_argument("--sample", dest="greedy", action="store_false", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=top_k)
     g.add_argument("--top-p", type=float, default=None)
+    if guided:
+        g.add_argument("--plausibility", type=float, default=None, help=PLAUSIBILITY_HELP)
     g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
                    help="seed for reproducible sampling")
 
 
-def _sampling(args: argparse.Namespace) -> SamplingConfig:
-    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+def _sampling(args: argparse.Namespace, m=None) -> SamplingConfig:
+    """The sampling flags of `args`; a --plausibility left unset is loaded model `m`'s default."""
+    plausibility = getattr(args, "plausibility", None)
+    if plausibility is None:
+        from emu3.pipelines.text_to_image import default_sampling
+
+        plausibility = 0.0 if m is None else default_sampling(m).plausibility
+    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          plausibility=plausibility)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--speculative", type=int, default=0, metavar="N",
                      help="speculative Jacobi decoding with N draft tokens per forward (0: off)")
     gen.add_argument("--max-new-tokens", type=int, default=None, help="Emu3.5 only: token budget (default 5120)")
-    _add_sampling(gen, top_k=None, greedy_default=False)
+    _add_sampling(gen, top_k=None, greedy_default=False, guided=True)
     gen.set_defaults(run=cmd_generate)
 
     chat = sub.add_parser("chat", help="answer a question about images")
@@ -214,7 +225,7 @@ def _output_paths(output: str, n: int) -> list[Path]:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
-    from emu3.pipelines.text_to_image import default_prompts, text_to_image
+    from emu3.pipelines.text_to_image import text_to_image
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -231,13 +242,10 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     args.cfg = GUIDANCE_SCALE if args.cfg is None else args.cfg
     args.top_k = TOP_K if args.top_k is None else args.top_k
     m = _load(args)
-    positive, negative = default_prompts(m)
-    args.positive_prompt = positive if args.positive_prompt is None else args.positive_prompt
-    args.negative_prompt = negative if args.negative_prompt is None else args.negative_prompt
     bar = ProgressBar("generate", not args.quiet)
     result = text_to_image(
         m, args.prompt, ratio=args.ratio, image_area=args.image_area, cfg=args.cfg,
-        positive_prompt=args.positive_prompt, negative_prompt=args.negative_prompt, sampling=_sampling(args),
+        positive_prompt=args.positive_prompt, negative_prompt=args.negative_prompt, sampling=_sampling(args, m),
         seed=args.seed, num_images=args.batch, progress=bar, draft_len=args.speculative,
     )
     bar.close()

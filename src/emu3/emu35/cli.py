@@ -68,10 +68,12 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args: argparse.Namespace, prefix: str, base: SamplingConfig) -> SamplingConfig:
-    """`base` with the options `--{prefix}top-k/top-p/temperature` that were given (all greedy with --greedy)."""
+    """`base` with the options `--{prefix}top-k/top-p/temperature` (and `--plausibility`, which `emu3 generate`
+    has) that were given (all greedy with --greedy)."""
     if args.greedy:
         return SamplingConfig(greedy=True)
-    changes = {name: getattr(args, prefix + name) for name in ("top_k", "top_p", "temperature")}
+    names = ("top_k", "top_p", "temperature", "plausibility")
+    changes = {name: getattr(args, prefix + name, None) for name in names}
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 

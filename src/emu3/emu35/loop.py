@@ -237,7 +237,7 @@ def _sample(model, hidden, visual_head, rows, masks, text_rows, image_rows, allo
     if visual:
         logits = F.linear(hidden[visual + ([batch + i for i in visual] if guided else [])], visual_head).float()
         n = len(visual)
-        scores = guide(logits[:n], logits[n:], cfg_scale) if guided else logits  # (n, codebook)
+        scores = guide(logits[:n], logits[n:], cfg_scale, image_sampling.plausibility) if guided else logits
         token[visual] = draw(visual, scores, image_sampling) + vocab.visual_base
     header = [i for i in image_rows if rows[i].phase == HEADER]
     for group, cfg in ((text_rows, text_sampling), (header, image_sampling)):

@@ -12,9 +12,10 @@ the scoring lives in `emu3.eval.shapes`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import TYPE_CHECKING
 
-from emu3.defaults import GUIDANCE_SCALE, TOP_K
+from emu3.defaults import GUIDANCE_SCALE, PLAUSIBILITY_HELP, TOP_K
 from emu3.eval.shapes import ShapesReport, evaluate_shapes, format_report
 from emu3.eval.shapes.benchmark import VIDEO_CONTEXT, VIDEO_KEPT
 
@@ -27,19 +28,17 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
                    sampling: SamplingConfig | None = None) -> ShapesReport:
     """ShapesEval of a loaded `Emu3` (`emu3.pipelines.Emu3`); 0 prompts, questions or videos skips that part.
 
-    `sampling` draws the pictures and the clips' frames (default: `text_to_image`'s).
+    `sampling` draws the pictures and the clips' frames (default: the model's `default_sampling`).
     """
     from emu3.pipelines.reconstruct import reconstruct
-    from emu3.pipelines.text_to_image import DEFAULT_SAMPLING, default_prompts, text_to_image
+    from emu3.pipelines.text_to_image import default_sampling, text_to_image
     from emu3.pipelines.understanding import answer
     from emu3.pipelines.video import generate_video
 
-    positive, negative = default_prompts(m)
-    sampling = sampling or DEFAULT_SAMPLING
+    sampling = sampling or default_sampling(m)
 
-    def generate(prompt: str, s: int):
-        return text_to_image(m, prompt, seed=s, cfg=cfg, sampling=sampling, positive_prompt=positive,
-                             negative_prompt=negative).images[0]
+    def generate(prompt: str, s: int):  # the model's own prompts around the prompt (`default_prompts`)
+        return text_to_image(m, prompt, seed=s, cfg=cfg, sampling=sampling).images[0]
 
     def reply(image, question: str) -> str:
         return answer(m, [image], question, max_new_tokens=16).text
@@ -73,6 +72,7 @@ def add_parser(sub) -> None:
     shapes.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of pictures and clips")
     shapes.add_argument("--top-k", type=int, default=TOP_K,
                         help=f"sampling top-k of pictures and clips (default {TOP_K})")
+    shapes.add_argument("--plausibility", type=float, default=None, help=PLAUSIBILITY_HELP)
     shapes.add_argument("--split", default="heldout", help="heldout (default) or train compositions")
     shapes.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     shapes.set_defaults(run=cmd_eval_shapes)
@@ -83,11 +83,15 @@ def cmd_eval_shapes(args: argparse.Namespace) -> dict:
     from emu3.cli import resolve_device
     from emu3.generation import SamplingConfig
     from emu3.pipelines import Emu3
+    from emu3.pipelines.text_to_image import default_sampling
 
     if min(args.prompts, args.questions, args.videos) < 0 or not (args.prompts or args.questions or args.videos):
         raise ValueError("--prompts, --questions and --videos must be >= 0, and not all 0")
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k)
+    # built before loading, so that bad values are refused first; an unset --plausibility is the model's
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, plausibility=args.plausibility or 0.0)
     m = Emu3.load(model_or_bundled(args.model), args.vision_tokenizer, device=resolve_device(args.device))
+    if args.plausibility is None:
+        sampling = dataclasses.replace(sampling, plausibility=default_sampling(m).plausibility)
     report = evaluate_model(m, n_prompts=args.prompts, n_questions=args.questions, n_videos=args.videos,
                             seed=args.seed, cfg=args.cfg, split=args.split, sampling=sampling)
     if not args.json:

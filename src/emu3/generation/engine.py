@@ -93,7 +93,9 @@ class ImageBatch:
     def visual_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Guided scores over the visual codes (B, ..., codebook) from hidden states (R, ..., C)."""
         scores = F.linear(hidden, self.visual_head).float()
-        return guide(scores[: self.batch], scores[self.batch:], self.cfg_scale) if self.guided else scores
+        if not self.guided:
+            return scores
+        return guide(scores[: self.batch], scores[self.batch:], self.cfg_scale, self.sampling.plausibility)
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The model rows' input for the batch's chosen tokens: the uncond rows follow the cond rows."""

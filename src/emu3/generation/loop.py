@@ -57,7 +57,7 @@ def generate(
 ) -> list[list[int]]:
     """Generate up to `max_new_tokens` ids after each prompt; each list ends at (and keeps) eos.
 
-    With `negative_prompts` and `cfg_scale` != 1, scores are guided as in `constraints.guide`,
+    With `negative_prompts` and `cfg_scale` != 1 (> 0), scores are guided as in `constraints.guide`,
     the unconditional rows being fed the tokens chosen for their conditional rows. `grid`
     constrains every step to the image layout; `seeds` (one per prompt) make sampling reproducible.
     """
@@ -69,6 +69,8 @@ def generate(
     guided = negative_prompts is not None and cfg_scale != 1.0
     if guided and len(negative_prompts) != batch:
         raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts")
+    if guided and cfg_scale <= 0:
+        raise ValueError(f"cfg_scale must be > 0, got {cfg_scale}")
     device = model.lm_head.weight.device
     ids, offsets = left_pad(prompts + (negative_prompts if guided else []), pad_id, device)
     prompt_len = ids.shape[1]
@@ -81,9 +83,13 @@ def generate(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     steps = 0
     for step in range(max_new_tokens):
-        scores = guide(logits[:batch], logits[batch:], cfg_scale) if guided else logits
+        # The grid masks the conditional scores before guidance, which keeps their -inf (the scale is > 0),
+        # so that a plausibility floor is relative to the most likely allowed token.
+        scores = logits[:batch]
         if grid is not None:
             scores = grid.apply(scores, torch.full((batch,), step + 1, device=device))
+        if guided:
+            scores = guide(scores, logits[batch:], cfg_scale, sampling.plausibility)
         token = torch.where(done, pad_id, sample(scores, sampling, generators))
         out[:, step] = token
         done |= token == eos_id

@@ -14,12 +14,18 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to choose each token. `greedy` (or temperature 0) takes the argmax."""
+    """How to choose each token. `greedy` (or temperature 0) takes the argmax.
+
+    `plausibility` acts with classifier-free guidance only (`constraints.guide`): a token whose
+    conditional probability is below `plausibility` times that of the conditional's most likely token
+    is never chosen, however much guidance raises it. 0 (the official behaviour) keeps every token.
+    """
 
     greedy: bool = False
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    plausibility: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -28,6 +34,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.plausibility < 1.0:
+            raise ValueError(f"plausibility must be in [0, 1), got {self.plausibility}")
 
     @property
     def is_greedy(self) -> bool:

@@ -2,7 +2,9 @@
 
 Official Emu3-Gen defaults: classifier-free guidance 3.0 against the official negative prompt
 (built with the same template, ratio and area), the positive suffix, top-k 2048 sampling, ratio 1:1
-and the model's `image_area`. Seeds are per image: image i of a batch uses `seed + i`.
+and the model's `image_area`. Seeds are per image: image i of a batch uses `seed + i`. A
+compact-vocabulary model (this project's own) has no prompts around the user's and samples with the
+plausibility constraint (`default_prompts`, `default_sampling`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from PIL import Image
 
 from emu3.compact_vocab import CompactTokenizer
-from emu3.defaults import GUIDANCE_SCALE, TOP_K
+from emu3.defaults import COMPACT_PLAUSIBILITY, GUIDANCE_SCALE, TOP_K
 from emu3.generation import SamplingConfig
 from emu3.generation.constraints import image_token_count
 from emu3.generation.engine import StepFn, generate_images
@@ -24,13 +26,19 @@ from emu3.generation.memory import check_fits, plan_generation
 from emu3.pipelines.loading import Emu3
 from emu3.prompting import NEGATIVE_PROMPT, POSITIVE_PROMPT, generation_prompt, grid_for_ratio, parse_image
 
-DEFAULT_SAMPLING = SamplingConfig(top_k=TOP_K)
-
 
 def default_prompts(m: Emu3) -> tuple[str, str]:
     """(positive suffix, negative prompt): the official ones, or none for a compact-vocabulary model
     (such as the bundled Shapes model, trained without them)."""
     return ("", "") if isinstance(m.tokenizer, CompactTokenizer) else (POSITIVE_PROMPT, NEGATIVE_PROMPT)
+
+
+def default_sampling(m: Emu3) -> SamplingConfig:
+    """How pictures and clips are sampled unless told otherwise: top-k 2048, the official setting; a
+    compact-vocabulary model also gets the plausibility constraint (`COMPACT_PLAUSIBILITY`): guidance
+    drew the bundled model's codes from its thin tail, garbage in corners and wrong backgrounds."""
+    compact = isinstance(m.tokenizer, CompactTokenizer)
+    return SamplingConfig(top_k=TOP_K, plausibility=COMPACT_PLAUSIBILITY if compact else 0.0)
 
 
 @dataclass
@@ -50,9 +58,9 @@ def text_to_image(
     ratio: str = "1:1",
     image_area: int | None = None,
     cfg: float = GUIDANCE_SCALE,
-    positive_prompt: str = POSITIVE_PROMPT,
-    negative_prompt: str = NEGATIVE_PROMPT,
-    sampling: SamplingConfig = DEFAULT_SAMPLING,
+    positive_prompt: str | None = None,
+    negative_prompt: str | None = None,
+    sampling: SamplingConfig | None = None,
     seed: int | None = None,
     num_images: int = 1,
     progress: Progress | None = None,
@@ -61,9 +69,15 @@ def text_to_image(
 ) -> ImageResult:
     """Generate `num_images` images per prompt; all share one ratio and grid.
 
-    `draft_len` > 0 turns on speculative Jacobi decoding with that many draft tokens per forward.
+    `positive_prompt`, `negative_prompt` and `sampling` left None are the model's own (`default_prompts`,
+    `default_sampling`). `draft_len` > 0 turns on speculative Jacobi decoding with that many draft tokens
+    per forward.
     """
     lm, tok = m.require_lm()
+    positive, negative = default_prompts(m)
+    positive_prompt = positive if positive_prompt is None else positive_prompt
+    negative_prompt = negative if negative_prompt is None else negative_prompt
+    sampling = sampling or default_sampling(m)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or num_images < 1:
         raise ValueError("need at least one prompt and num_images >= 1")

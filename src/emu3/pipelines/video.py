@@ -34,7 +34,7 @@ from emu3.generation.engine import generate_images
 from emu3.generation.loop import Progress
 from emu3.generation.memory import check_fits, plan_generation
 from emu3.pipelines.loading import Emu3
-from emu3.pipelines.text_to_image import DEFAULT_SAMPLING
+from emu3.pipelines.text_to_image import default_sampling
 from emu3.prompting import grid_for_ratio, image_header, image_tokens, parse_image, render
 from emu3.tokenizer import Tokenizer
 from emu3.vocab import EMU3, Vocab
@@ -83,7 +83,7 @@ def generate_video(
     context_frames: Sequence[Image.Image] = (),
     num_frames: int,
     cfg: float = GUIDANCE_SCALE,
-    sampling: SamplingConfig = DEFAULT_SAMPLING,
+    sampling: SamplingConfig | None = None,
     seed: int | None = None,
     progress: Progress | None = None,
     ratio: str | None = None,
@@ -93,9 +93,11 @@ def generate_video(
 ) -> VideoResult:
     """Generate `num_frames` new frames after `context_frames` (none: text to video), one at a time.
 
-    Raises ValueError before any work when the clip would not fit the model's context length.
+    `sampling` None is the model's `default_sampling`. Raises ValueError before any work when the clip
+    would not fit the model's context length.
     """
     lm, tok = m.require_lm()
+    sampling = sampling or default_sampling(m)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if cfg <= 0:

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ratio", default=None, help="aspect ratio W:H (default: the context's, else 1:1)")
     p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE,
                    help=f"classifier-free guidance scale (default {GUIDANCE_SCALE})")
-    _add_sampling(p, top_k=TOP_K, greedy_default=False)
+    _add_sampling(p, top_k=TOP_K, greedy_default=False, guided=True)
     p.set_defaults(run=cmd_video)
 
 
@@ -47,7 +47,7 @@ def cmd_video(args: argparse.Namespace) -> dict:
     m = _load(args)
     bar = ProgressBar("video", not args.quiet)
     result = generate_video(m, args.prompt, context_frames=context, num_frames=args.frames, cfg=args.cfg,
-                            sampling=_sampling(args), seed=args.seed, progress=bar, ratio=args.ratio)
+                            sampling=_sampling(args, m), seed=args.seed, progress=bar, ratio=args.ratio)
     bar.close()
     out = save_frames(result.frames, args.output)
     if not args.json:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from emu3.generation import SamplingConfig
 from emu3.generation.constraints import image_token_count
-from emu3.pipelines.text_to_image import default_prompts
+from emu3.pipelines.text_to_image import default_prompts, default_sampling
 from emu3.prompting import generation_prompt, grid_for_ratio
 from emu3.serve import relay
 from emu3.serve.errors import APIError
@@ -74,7 +74,9 @@ def _spec(body: ImageRequest, worker: Worker) -> ImageSpec:
             raise APIError(400, f"'{name}' is too long: with the {grid[0]}x{grid[1]} image the sequence is {needed} "
                                 f"tokens, more than the model's context of {context}", param=name,
                            code="context_length_exceeded")
-    sampling = SamplingConfig(greedy=body.greedy, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
+    plausibility = default_sampling(m).plausibility if body.plausibility is None else body.plausibility
+    sampling = SamplingConfig(greedy=body.greedy, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                              plausibility=plausibility)
     return ImageSpec(ratio, body.cfg, positive, negative, sampling)
 
 

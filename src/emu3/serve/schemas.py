@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from emu3.defaults import GUIDANCE_SCALE, TOP_K
+from emu3.defaults import GUIDANCE_SCALE, PLAUSIBILITY_HELP, TOP_K
 
 
 class _Request(BaseModel):
@@ -40,6 +40,7 @@ class ImageRequest(_Request):
     temperature: float = Field(1.0, gt=0, le=10)
     top_k: int | None = Field(TOP_K, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
+    plausibility: float | None = Field(None, ge=0, lt=1, description=PLAUSIBILITY_HELP)
     stream: bool = Field(False, description="answer with server-sent events: progress, partial images, results")
     model: str | None = Field(None, description="accepted and ignored: the server serves one model")
     user: str | None = Field(None, description="accepted and ignored")

@@ -120,3 +120,15 @@ def test_readme_emu35_commands_run(capsys, tmp_path, monkeypatch, emu35_fixture,
         assert main(argv[1:] + ["--quiet"]) == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "cat.png").size == (64, 64)
     assert (tmp_path / "story" / "index.html").is_file()
+
+
+def test_generate_options_steer_the_image_tokens():
+    from emu3.cli import build_parser
+    from emu3.emu35.cli import _sampling
+    from emu3.emu35.tasks import task_settings
+
+    base = task_settings("t2i").image
+    parse = build_parser().parse_args
+    given = _sampling(parse(["generate", "x", "-o", "o.png", "--top-k", "7", "--plausibility", "0.2"]), "", base)
+    assert (given.top_k, given.plausibility, given.top_p) == (7, 0.2, base.top_p)
+    assert _sampling(parse(["generate", "x", "-o", "o.png"]), "", base) == base  # the official setting, no floor

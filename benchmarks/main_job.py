@@ -26,14 +26,13 @@ PHASES = """
 import json, sys, time
 start = time.perf_counter()
 from emu3.pipelines.loading import Emu3
-from emu3.pipelines.text_to_image import default_prompts, text_to_image
+from emu3.pipelines.text_to_image import text_to_image
 from emu3.pipelines.understanding import answer
 from emu3.bundled import model_or_bundled, vision_tokenizer_or_bundled
 imported = time.perf_counter()
 m = Emu3.load(model_or_bundled(sys.argv[1] or None), vision_tokenizer_or_bundled(sys.argv[2] or None))
 loaded = time.perf_counter()
-positive, negative = default_prompts(m)
-image = text_to_image(m, sys.argv[3], seed=0, positive_prompt=positive, negative_prompt=negative).images[0]
+image = text_to_image(m, sys.argv[3], seed=0).images[0]
 generated = time.perf_counter()
 answer(m, [image], sys.argv[4])
 answered = time.perf_counter()

@@ -85,8 +85,6 @@ def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
      "exceeds the model's context"),
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--speculative", "-1", "-o", "{tmp}/o.png"],
      "--speculative"),
-    (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--plausibility", "1", "-o", "{tmp}/o.png"],
-     "plausibility must be in [0, 1), got 1.0"),
     (["generate", "x", "--model", "{fixture}/Emu3-tiny", "--image-area", "1024", "--batch", "1000000",
       "-o", "{tmp}/o.png"], "Use fewer images per batch"),
     # An output that cannot be written is refused before the model is even looked for.
@@ -172,6 +170,15 @@ def test_readme_main_job_runs(tmp_path, emu3_fixture):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "out.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("command", [["generate", "x", "-o", "o.png"], ["video", "x", "-o", "f"], ["eval", "shapes"]])
+@pytest.mark.parametrize("value", ["1", "-0.1", "high"])
+def test_a_bad_plausibility_is_refused_by_the_parser_before_any_loading(capsys, command, value):
+    with pytest.raises(SystemExit) as done:
+        main(command + ["--model", "/nonexistent", "--plausibility", value])
+    assert done.value.code == 2
+    assert f"argument --plausibility: plausibility is a number in [0, 1), got {value!r}" in capsys.readouterr().err
 
 
 def test_plausibility_defaults_to_the_models_own(tiny):

@@ -71,6 +71,16 @@ def test_dead_codes_move_onto_latents_of_the_batch():
     assert torch.cdist(after[idle], z).min(dim=1).values.max() < 1e-3
 
 
+def test_a_state_without_idle_counters_loads_with_every_code_just_hit(emu3_fixture):
+    vq, _ = load_vision_tokenizer(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    wrapper = VQLoss(vq, VQTrainConfig(output="x", data="x", vision_tokenizer="x", restart_dead_codes=5))
+    state = wrapper.state_dict()
+    assert torch.equal(state.pop("idle"), torch.zeros_like(wrapper.idle))  # the counters are checkpointed
+    wrapper.idle.fill_(7)
+    wrapper.load_state_dict(state)  # strict: a checkpoint written before the counters were saved
+    assert not wrapper.idle.any()
+
+
 def test_fine_tuning_logs_statistics_and_saves_an_official_folder(manifest, tmp_path, emu3_fixture):
     source = emu3_fixture / "Emu3-VisionTokenizer-tiny"
     before, _ = load_vision_tokenizer(source)

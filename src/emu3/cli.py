@@ -102,6 +102,21 @@ def whole_number(what: str, low: int, high: int | None = None):
     return parse
 
 
+def fraction(what: str):
+    """An argparse type: a number in [0, 1); anything else is refused naming `what`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{what} is a number in [0, 1), got {text!r}")
+        return value
+
+    return parse
+
+
 def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool,
                   guided: bool = False) -> None:
     """The sampling flags; `guided` commands (pictures and clips) also take --plausibility."""
@@ -112,7 +127,7 @@ def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_defau
     g.add_argument("--top-k", type=int, default=top_k)
     g.add_argument("--top-p", type=float, default=None)
     if guided:
-        g.add_argument("--plausibility", type=float, default=None, help=PLAUSIBILITY_HELP)
+        g.add_argument("--plausibility", type=fraction("plausibility"), default=None, help=PLAUSIBILITY_HELP)
     g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
                    help="seed for reproducible sampling")
 

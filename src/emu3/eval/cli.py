@@ -58,6 +58,8 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
 
 
 def add_parser(sub) -> None:
+    from emu3.cli import fraction
+
     p = sub.add_parser("eval", help="benchmarks of a model")
     which = p.add_subparsers(dest="benchmark", required=True)
     shapes = which.add_parser("shapes", help="ShapesEval: text to image and questions on held-out compositions")
@@ -72,7 +74,7 @@ def add_parser(sub) -> None:
     shapes.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of pictures and clips")
     shapes.add_argument("--top-k", type=int, default=TOP_K,
                         help=f"sampling top-k of pictures and clips (default {TOP_K})")
-    shapes.add_argument("--plausibility", type=float, default=None, help=PLAUSIBILITY_HELP)
+    shapes.add_argument("--plausibility", type=fraction("plausibility"), default=None, help=PLAUSIBILITY_HELP)
     shapes.add_argument("--split", default="heldout", help="heldout (default) or train compositions")
     shapes.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     shapes.set_defaults(run=cmd_eval_shapes)

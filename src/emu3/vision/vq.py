@@ -196,7 +196,7 @@ class VectorQuantizer(nn.Module):
         # code -> the code that encoding returns; not in the state dict (the official weights lack it).
         # Built on the meta device (checkpoint loading), it is made on the CPU: a meta `arange` costs half a
         # second of imports, and loading installs the real table with `set_aliases` anyway.
-        meta = torch.get_default_device().type == "meta"
+        meta = self.embedding.weight.is_meta
         self.register_buffer("canonical", torch.arange(codebook_size, device="cpu" if meta else None),
                              persistent=False)
 

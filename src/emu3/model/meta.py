@@ -2,9 +2,9 @@
 torch's random initialisation skipped.
 
 A module built under `torch.device("meta")` still runs its `reset_parameters`; for `nn.Embedding`
-that is a meta `normal_`, whose first call imports `torch._dynamo` (about a second on a laptop CPU,
-a quarter of the `emu3 generate` main job). Nothing is drawn on the meta device anyway, so
-`build_on_meta` turns the initialisers into no-ops on meta tensors.
+that is a meta `normal_`, whose first call imports `torch._dynamo` (1.3 s of the 3.7 s that the
+`emu3 generate` main job took on a 2-core CPU; benchmarks/RESULTS.md). Nothing is drawn on the meta
+device anyway, so `build_on_meta` turns the initialisers into no-ops on meta tensors.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ _INITIALISERS = frozenset({
 
 
 class _SkipInitialisers(TorchFunctionMode):
+    """Returns a meta tensor handed to an initialiser untouched; everything else runs as usual."""
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _INITIALISERS:
             tensor = args[0] if args else kwargs["tensor"]

@@ -85,36 +85,32 @@ def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _checked(what: str, kind: str, convert, accept):
+    """An argparse type: `convert(text)` when it converts and `accept`s the value; anything else is
+    refused as "`what` is `kind`"."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{what} is {kind}, got {text!r}")
+        return value
+
+    return parse
+
+
 def whole_number(what: str, low: int, high: int | None = None):
     """An argparse type: a whole number from `low` to `high` (no bound when None); anything else is
     refused naming `what`."""
     span = f"of at least {low}" if high is None else f"from {low} to {high}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{what} is a whole number {span}, got {text!r}")
-        return value
-
-    return parse
+    return _checked(what, f"a whole number {span}", int, lambda v: v >= low and (high is None or v <= high))
 
 
 def fraction(what: str):
     """An argparse type: a number in [0, 1); anything else is refused naming `what`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not 0.0 <= value < 1.0:
-            raise argparse.ArgumentTypeError(f"{what} is a number in [0, 1), got {text!r}")
-        return value
-
-    return parse
+    return _checked(what, "a number in [0, 1)", float, lambda v: 0.0 <= v < 1.0)
 
 
 def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool,

@@ -70,10 +70,10 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 def _sampling(args: argparse.Namespace, prefix: str, base: SamplingConfig) -> SamplingConfig:
     """`base` with the options `--{prefix}top-k/top-p/temperature` (and `--plausibility`, which `emu3 generate`
     has) that were given (all greedy with --greedy)."""
-    if args.greedy:  # the plausibility floor still matters: a guided argmax can be a tail code
-        return SamplingConfig(greedy=True, plausibility=getattr(args, prefix + "plausibility", None) or 0.0)
     names = ("top_k", "top_p", "temperature", "plausibility")
     changes = {name: getattr(args, prefix + name, None) for name in names}
+    if args.greedy:  # the plausibility floor still matters: a guided argmax can be a tail code
+        return SamplingConfig(greedy=True, plausibility=changes["plausibility"] or 0.0)
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -217,6 +217,8 @@ BAD = {
     "ratio malformed": (IMAGE, {"prompt": "x", "ratio": "wide"}, 400, "ratio"),
     "size malformed": (IMAGE, {"prompt": "x", "size": "big"}, 400, "size"),
     "size too extreme": (IMAGE, {"prompt": "x", "size": "1024x100"}, 400, "size"),
+    "size in superscript digits": (IMAGE, {"prompt": "x", "size": "\u00b2x\u00b2"}, 400, "size"),
+    "size of 5000 digits": (IMAGE, {"prompt": "x", "size": "1" * 5000 + "x1"}, 400, "size"),
     "size and ratio": (IMAGE, {"prompt": "x", "size": "64x64", "ratio": "1:1"}, 400, "size"),
     "prompt over the limit": (IMAGE, {"prompt": "x" * 301}, 400, "prompt"),
     "negative prompt over the limit": (IMAGE, {"prompt": "x", "negative_prompt": "y" * 301}, 400, "negative_prompt"),
@@ -275,6 +277,12 @@ def test_bad_input_is_a_4xx_naming_the_field(client, case):
     assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
     if param:
         assert param.split("[")[0].split(".")[0] in error["message"]
+
+
+@pytest.mark.parametrize("size", ["\u00b2x\u00b2", "\u0664x\u0664", "1" * 5000 + "x1", "0x64", "64x"])
+def test_a_size_that_is_not_ascii_w_x_h_is_invalid_size(client, size):
+    response = client.post(IMAGE, json={"prompt": "x", "size": size})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_size"
 
 
 def test_unknown_path_and_method_keep_the_error_shape(client):

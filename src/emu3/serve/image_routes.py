@@ -8,6 +8,7 @@ the model's context), queues one `ImageJob`, and answers with the images as base
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from fastapi import APIRouter, Request
@@ -22,6 +23,7 @@ from emu3.serve.schemas import ImageData, ImageRequest, ImagesResponse
 from emu3.serve.worker import ImageJob, ImageOutcome, ImageSpec, Worker
 
 router = APIRouter()
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only, and few enough to make a sane int
 
 STREAM_DOC = """With `"stream": true` the answer is `text/event-stream`, one JSON object per event:
 
@@ -93,12 +95,13 @@ def _ratio(body: ImageRequest) -> tuple[str, str]:
         raise APIError(400, "give 'size' or 'ratio', not both", param="size", code="conflicting_fields")
     if body.size is None or body.size == "auto":
         return body.ratio or "1:1", "ratio"
-    w, x, h = body.size.lower().partition("x")
-    if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+    match = _SIZE.fullmatch(body.size.lower())
+    w, h = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not (w > 0 and h > 0):
         raise APIError(400, f"'size' must look like 'WxH' (e.g. 1024x1024) or 'auto', got {body.size!r}",
                        param="size", code="invalid_size")
-    g = math.gcd(int(w), int(h))
-    return f"{int(w) // g}:{int(h) // g}", "size"
+    g = math.gcd(w, h)
+    return f"{w // g}:{h // g}", "size"
 
 
 def _size(outcome: ImageOutcome) -> str:

@@ -4,6 +4,7 @@ streaming, every kind of bad input (a 4xx naming the field, and the server keeps
 import base64
 import io
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -193,6 +194,10 @@ def _png_bytes(size) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+# A DDS header with a pixel format Pillow does not know: its decoder raises NotImplementedError.
+DDS_UNKNOWN_FORMAT = b"DDS " + struct.pack("<7I44x8I20x", 124, 0x1007, 32, 32, 0, 0, 0, 32, 0x2000, 0, 0, 0, 0, 0, 0)
+DDS_URI = "data:image/vnd-ms.dds;base64," + base64.b64encode(DDS_UNKNOWN_FORMAT).decode()
+
 IMAGE = "/v1/images/generations"
 CHAT = "/v1/chat/completions"
 USER_HI = {"role": "user", "content": "hi"}
@@ -238,6 +243,7 @@ BAD = {
                       400, "messages[0].content[1].image_url.url"),
     "truncated image": (CHAT, _chat_with("data:image/png;base64," + _png_bytes((64, 64))[:120]), 400,
                         "messages[0].content[1].image_url.url"),
+    "corrupt dds image": (CHAT, _chat_with(DDS_URI), 400, "messages[0].content[1].image_url.url"),
     "not base64": (CHAT, _chat_with("data:image/png;base64,@@@@"), 400, "messages[0].content[1].image_url.url"),
     "remote url": (CHAT, _chat_with("https://example.com/cat.png"), 400, "messages[0].content[1].image_url.url"),
     "image too small": (CHAT, _chat_with("data:image/png;base64," + _png_bytes((4, 4))), 400,
@@ -277,6 +283,13 @@ def test_bad_input_is_a_4xx_naming_the_field(client, case):
     assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
     if param:
         assert param.split("[")[0].split(".")[0] in error["message"]
+
+
+@pytest.mark.parametrize("case", ["corrupt image", "truncated image", "corrupt dds image"])
+def test_an_unreadable_image_is_invalid_image(client, case):
+    path, body, _, _ = BAD[case]
+    response = client.post(path, json=body)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image"
 
 
 @pytest.mark.parametrize("size", ["\u00b2x\u00b2", "\u0664x\u0664", "1" * 5000 + "x1", "0x64", "64x"])

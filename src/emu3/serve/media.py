@@ -45,18 +45,19 @@ def image_from_data_uri(uri: str, *, param: str, max_bytes: int, max_pixels: int
         width, height = image.size
         if width * height > max_pixels:
             raise bad(f"the image is {width}x{height}, more than the limit of {max_pixels} pixels", "image_too_large")
-        image.load()
+        image = image.convert("RGB")  # loads the pixels
     except APIError:
         raise
     except UnidentifiedImageError:
         raise bad("not a readable image: its bytes are in no image format the server knows", "invalid_image") from None
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        raise bad(f"not a readable image ({err})", "invalid_image") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders fail on bad bytes with many types (OSError,
+        # SyntaxError, ValueError, NotImplementedError for an unknown DDS pixel format, struct.error, ...)
+        raise bad(f"not a readable image ({type(err).__name__}: {err})", "invalid_image") from None
     try:
         smart_resize(height, width, processor.spatial_factor, processor.min_pixels, processor.max_pixels)
     except ValueError as err:
         raise bad(str(err), "unsupported_image_size") from None
-    return image.convert("RGB")
+    return image
 
 
 def png_base64(image: Image.Image) -> str:

@@ -181,6 +181,20 @@ def test_a_bad_plausibility_is_refused_by_the_parser_before_any_loading(capsys, 
     assert f"argument --plausibility: plausibility is a number in [0, 1), got {value!r}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["generate", "x", "-o", "o.png"], ["video", "x", "-o", "f"], ["eval", "shapes"],
+                                     ["story", "x", "-o", "s"]])
+@pytest.mark.parametrize("option,value,kind", [("--cfg", "nan", "> 0"), ("--cfg", "inf", "> 0"), ("--cfg", "0", "> 0"),
+                                               ("--temperature", "nan", ">= 0"), ("--temperature", "-1", ">= 0")])
+def test_non_finite_guidance_and_temperature_are_refused_before_any_loading(capsys, command, option, value, kind):
+    """NaN passed `cfg <= 0` and turned every guided score into NaN: a flat picture of code 0."""
+    if command[0] == "story" and option == "--temperature":
+        option = "--image-temperature"
+    with pytest.raises(SystemExit) as done:
+        main(command + ["--model", "/nonexistent", option, value])
+    assert done.value.code == 2
+    assert f"is a finite number {kind}, got {value!r}" in capsys.readouterr().err
+
+
 def test_plausibility_defaults_to_the_models_own(tiny):
     import emu3
     from emu3.cli import _sampling, build_parser

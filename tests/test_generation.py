@@ -143,7 +143,8 @@ def test_top_k_top_p_and_temperature():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=-1), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
+    (dict(temperature=-1), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature=float("inf")), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
     (dict(plausibility=-0.1), "plausibility"), (dict(plausibility=1.0), "plausibility"),
 ])
 def test_bad_sampling_settings(kwargs, match):
@@ -160,6 +161,9 @@ def test_bad_generation_arguments(rand_lm):
         generate(rand_lm, [[1]], max_new_tokens=1000, eos_id=1, pad_id=0)
     with pytest.raises(ValueError, match="negative prompts"):
         generate(rand_lm, [[1]], max_new_tokens=2, eos_id=1, pad_id=0, negative_prompts=[[1], [2]], cfg_scale=2.0)
+    for scale in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number > 0"):
+            generate(rand_lm, [[1]], max_new_tokens=2, eos_id=1, pad_id=0, negative_prompts=[[2]], cfg_scale=scale)
 
 
 def test_temperature_zero_warps_to_finite_scores():
@@ -167,3 +171,13 @@ def test_temperature_zero_warps_to_finite_scores():
     warped = warp(scores, SamplingConfig(temperature=0, top_k=2))
     assert not torch.isnan(warped).any() and warped.argmax(-1).item() == 1
     assert torch.isinf(warped).tolist() == [[True, False, False, True]]
+
+
+def test_a_tiny_temperature_samples_the_most_likely_token():
+    """Dividing raw scores by 1e-300 gave inf - inf = NaN in softmax, and every draw was token 0."""
+    scores = torch.tensor([[1.0, 3.0, 2.0, 0.0], [5.0, -2.0, 7.0, 6.5]])
+    warped = warp(scores, SamplingConfig(temperature=1e-300))
+    assert not torch.isnan(warped).any()
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert sample(scores, SamplingConfig(temperature=1e-300), gens).tolist() == [1, 2]
+    torch.testing.assert_close(warp(scores, SamplingConfig(temperature=0.5)).softmax(-1), (scores / 0.5).softmax(-1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -113,13 +114,24 @@ def fraction(what: str):
     return _checked(what, "a number in [0, 1)", float, lambda v: 0.0 <= v < 1.0)
 
 
+def finite_number(what: str, low: float, inclusive: bool):
+    """An argparse type: a finite number above `low` (or equal to it when `inclusive`); NaN and
+    infinities, which would silently turn every score into NaN, are refused naming `what`."""
+    kind = f"a finite number {'>=' if inclusive else '>'} {low:g}"
+    return _checked(what, kind, float, lambda v: math.isfinite(v) and (v >= low if inclusive else v > low))
+
+
+GUIDANCE = finite_number("the guidance scale (--cfg)", 0, inclusive=False)
+TEMPERATURE = finite_number("the temperature", 0, inclusive=True)
+
+
 def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_default: bool,
                   guided: bool = False) -> None:
     """The sampling flags; `guided` commands (pictures and clips) also take --plausibility."""
     g = p.add_argument_group("sampling")
     g.add_argument("--greedy", action="store_true", default=greedy_default, help="always take the most likely token")
     g.add_argument("--sample", dest="greedy", action="store_false", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=TEMPERATURE, default=1.0)
     g.add_argument("--top-k", type=int, default=top_k)
     g.add_argument("--top-p", type=float, default=None)
     if guided:
@@ -149,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", required=True, help="output image (with --batch N: name_0.png ...)")
     gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1; Emu3.5: a preset or auto)")
     gen.add_argument("--image-area", type=int, default=None, help="pixel area (default: the model's image_area)")
-    gen.add_argument("--cfg", type=float, default=None,
+    gen.add_argument("--cfg", type=GUIDANCE, default=None,
                      help=f"classifier-free guidance scale (default: {GUIDANCE_SCALE} for Emu3, "
                      "the t2i setting for Emu3.5)")
     gen.add_argument("--positive-prompt", default=None, help="suffix appended to the prompt (default: the "

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from emu3.cli import whole_number
+from emu3.cli import GUIDANCE, TEMPERATURE, whole_number
 from emu3.generation import SamplingConfig
 
 INTERLEAVED_TASKS = {
@@ -55,7 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation (default: the task's official settings)")
-    g.add_argument("--cfg", type=float, default=None, help="guidance scale on image tokens")
+    g.add_argument("--cfg", type=GUIDANCE, default=None, help="guidance scale on image tokens")
     g.add_argument("--image-area", type=int, default=None, help="pixel area of reference and generated images")
     g.add_argument("--max-new-tokens", type=int, default=None, help="token budget of the response")
     g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
@@ -64,7 +64,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     for mode in ("text", "image"):
         g.add_argument(f"--{mode}-top-k", type=int, default=None)
         g.add_argument(f"--{mode}-top-p", type=float, default=None)
-        g.add_argument(f"--{mode}-temperature", type=float, default=None)
+        g.add_argument(f"--{mode}-temperature", type=TEMPERATURE, default=None)
 
 
 def _sampling(args: argparse.Namespace, prefix: str, base: SamplingConfig) -> SamplingConfig:

@@ -25,6 +25,7 @@ from emu3.emu35.prompts import chat_prompt, howto_question, task_prompt, uncond_
 from emu3.emu35.result import IMAGE, InterleavedResult, parse_response
 from emu3.emu35.tasks import INTERLEAVED_AREA, TaskSettings, image_grid, task_settings
 from emu3.generation import SamplingConfig
+from emu3.generation.constraints import check_guidance_scale
 from emu3.generation.loop import Progress
 
 GREEDY = SamplingConfig(greedy=True)
@@ -113,8 +114,7 @@ def check_request(settings: TaskSettings, images: Sequence[object], ratio: str |
         image_grid(ratio)  # an unknown preset fails here
     if steps is not None and settings.name != "howto":
         raise ValueError(f"a number of steps applies to howto only, not {settings.name}")
-    if settings.cfg_scale <= 0:
-        raise ValueError(f"the guidance scale must be > 0, got {settings.cfg_scale}")
+    check_guidance_scale(settings.cfg_scale, "the guidance scale")
 
 
 def _result(m: Emu35, task: str, prompt: str, ids: list[int], seed: int | None, seconds: float,

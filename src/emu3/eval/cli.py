@@ -58,7 +58,7 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
 
 
 def add_parser(sub) -> None:
-    from emu3.cli import fraction
+    from emu3.cli import GUIDANCE, TEMPERATURE, fraction
 
     p = sub.add_parser("eval", help="benchmarks of a model")
     which = p.add_subparsers(dest="benchmark", required=True)
@@ -70,8 +70,8 @@ def add_parser(sub) -> None:
     shapes.add_argument("--questions", type=int, default=200, help="questions (0: skip)")
     shapes.add_argument("--videos", type=int, default=20, help="clips to continue (0: skip)")
     shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--cfg", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
-    shapes.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of pictures and clips")
+    shapes.add_argument("--cfg", type=GUIDANCE, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
+    shapes.add_argument("--temperature", type=TEMPERATURE, default=1.0, help="sampling temperature of pictures and clips")
     shapes.add_argument("--top-k", type=int, default=TOP_K,
                         help=f"sampling top-k of pictures and clips (default {TOP_K})")
     shapes.add_argument("--plausibility", type=fraction("plausibility"), default=None, help=PLAUSIBILITY_HELP)

@@ -33,6 +33,14 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, plausibility: 
     return guided
 
 
+def check_guidance_scale(scale: float, what: str = "cfg") -> float:
+    """`scale` when it is a usable guidance scale: finite and > 0 (NaN or infinity would turn every
+    guided score into NaN, and the argmax of NaNs is token 0)."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{what} must be a finite number > 0, got {scale}")
+    return scale
+
+
 def image_token_count(h, w):
     """Tokens generated for an h x w image after `<|image token|>`, eos included: `[v * w, eol] * h, eof,
     eoi, eos`. Works on ints and on (B,) tensors alike."""

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from emu3.generation.constraints import ImageGrid, guide
+from emu3.generation.constraints import ImageGrid, check_guidance_scale, guide
 from emu3.generation.sampling import SamplingConfig, sample
 from emu3.model import KVCache, Transformer
 
@@ -69,8 +69,8 @@ def generate(
     guided = negative_prompts is not None and cfg_scale != 1.0
     if guided and len(negative_prompts) != batch:
         raise ValueError(f"{len(negative_prompts)} negative prompts for {batch} prompts")
-    if guided and cfg_scale <= 0:
-        raise ValueError(f"cfg_scale must be > 0, got {cfg_scale}")
+    if guided:
+        check_guidance_scale(cfg_scale, "cfg_scale")
     device = model.lm_head.weight.device
     ids, offsets = left_pad(prompts + (negative_prompts if guided else []), pad_id, device)
     prompt_len = ids.shape[1]

@@ -7,6 +7,7 @@ generator, never on the other rows of the batch, so a seed reproduces an image w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,8 @@ class SamplingConfig:
     plausibility: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -46,8 +47,13 @@ def warp(scores: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """Temperature, then top-k, then top-p (the transformers order) on (B, V) scores.
 
     Temperature 0 (greedy) leaves the scores unscaled: dividing by it would turn them into
-    infinities and NaNs, and the argmax of the warped scores is the argmax of the scores anyway."""
-    scores = scores / cfg.temperature if cfg.temperature not in (0.0, 1.0) else scores
+    infinities and NaNs, and the argmax of the warped scores is the argmax of the scores anyway. Other
+    temperatures divide the scores less their row's maximum, and the maximum stays 0, so a tiny one
+    (1e-300, which is 0 in fp32) gives 0 for the best score and -inf for the rest, never a NaN; softmax
+    does not see the shift."""
+    if cfg.temperature not in (0.0, 1.0):
+        shifted = scores - scores.max(-1, keepdim=True).values
+        scores = torch.where(shifted == 0, shifted, shifted / cfg.temperature)
     if cfg.top_k is not None and cfg.top_k < scores.shape[-1]:
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -19,7 +19,7 @@ from PIL import Image
 from emu3.compact_vocab import CompactTokenizer
 from emu3.defaults import COMPACT_PLAUSIBILITY, GUIDANCE_SCALE, TOP_K
 from emu3.generation import SamplingConfig
-from emu3.generation.constraints import image_token_count
+from emu3.generation.constraints import check_guidance_scale, image_token_count
 from emu3.generation.engine import StepFn, generate_images
 from emu3.generation.loop import Progress
 from emu3.generation.memory import check_fits, plan_generation
@@ -81,8 +81,7 @@ def text_to_image(
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or num_images < 1:
         raise ValueError("need at least one prompt and num_images >= 1")
-    if cfg <= 0:
-        raise ValueError(f"cfg must be > 0, got {cfg}")
+    check_guidance_scale(cfg)
     prompts = [p for p in prompts for _ in range(num_images)]
     h, w = grid_for_ratio(ratio, image_area or m.image_area, m.vq.spatial_factor)
     ids = [generation_prompt(tok, p, (h, w), positive_prompt=positive_prompt, vocab=m.vocab) for p in prompts]

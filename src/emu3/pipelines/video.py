@@ -29,7 +29,7 @@ from PIL import Image
 
 from emu3.defaults import GUIDANCE_SCALE
 from emu3.generation import SamplingConfig
-from emu3.generation.constraints import image_token_count
+from emu3.generation.constraints import check_guidance_scale, image_token_count
 from emu3.generation.engine import generate_images
 from emu3.generation.loop import Progress
 from emu3.generation.memory import check_fits, plan_generation
@@ -100,8 +100,7 @@ def generate_video(
     sampling = sampling or default_sampling(m)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if cfg <= 0:
-        raise ValueError(f"cfg must be > 0, got {cfg}")
+    check_guidance_scale(cfg)
     context = list(context_frames)
     h, w = frame_size(m, ratio, context, image_area)
     header = image_header(tok, h, w, m.vocab)

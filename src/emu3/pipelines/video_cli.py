@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from emu3.cli import ProgressBar, _add_common, _add_sampling, _is_emu35, _load, _sampling
+from emu3.cli import GUIDANCE, ProgressBar, _add_common, _add_sampling, _is_emu35, _load, _sampling
 from emu3.defaults import GUIDANCE_SCALE, TOP_K
 
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--context", action="append", default=[], metavar="IMAGE",
                    help="a first frame to continue from (repeat, in order)")
     p.add_argument("--ratio", default=None, help="aspect ratio W:H (default: the context's, else 1:1)")
-    p.add_argument("--cfg", type=float, default=GUIDANCE_SCALE,
+    p.add_argument("--cfg", type=GUIDANCE, default=GUIDANCE_SCALE,
                    help=f"classifier-free guidance scale (default {GUIDANCE_SCALE})")
     _add_sampling(p, top_k=TOP_K, greedy_default=False, guided=True)
     p.set_defaults(run=cmd_video)

@@ -217,6 +217,7 @@ BAD = {
     "seed negative": (IMAGE, {"prompt": "x", "seed": -1}, 400, "seed"),
     "top_p too big": (IMAGE, {"prompt": "x", "top_p": 1.5}, 400, "top_p"),
     "unknown field": (IMAGE, {"prompt": "x", "sed": 1}, 400, "sed"),
+    "unknown field not an identifier": (IMAGE, {"prompt": "x", "negative-prompt": "y"}, 400, "negative-prompt"),
     "url format": (IMAGE, {"prompt": "x", "response_format": "url"}, 400, "response_format"),
     "ratio too extreme": (IMAGE, {"prompt": "x", "ratio": "9:1"}, 400, "ratio"),
     "ratio malformed": (IMAGE, {"prompt": "x", "ratio": "wide"}, 400, "ratio"),
@@ -283,6 +284,20 @@ def test_bad_input_is_a_4xx_naming_the_field(client, case):
     assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
     if param:
         assert param.split("[")[0].split(".")[0] in error["message"]
+
+
+@pytest.mark.parametrize("body, name", [
+    ({"prompt": "x", "negative-prompt": "y"}, "negative-prompt"),
+    ({"prompt": "x", "str": 1}, "str"),  # a key that looks like one of pydantic's union-branch tags
+    ({"messages": [{**USER_HI, "top k": 1}]}, 'messages[0]["top k"]'),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image-url": {"url": "x"}}]}]},
+     'messages[0].content[0]["image-url"]'),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x", "size": 1}}]}]},
+     "messages[0].content[0].image_url.size"),
+])
+def test_an_unknown_field_is_named_whatever_its_name(client, body, name):
+    error = client.post(CHAT if "messages" in body else IMAGE, json=body).json()["error"]
+    assert (error["code"], error["param"], error["message"]) == ("unknown_field", name, f"unknown field '{name}'")
 
 
 @pytest.mark.parametrize("case", ["corrupt image", "truncated image", "corrupt dds image"])

@@ -8,6 +8,7 @@ a 500 with the same shape, and the server keeps serving. This module does not de
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -40,14 +41,28 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def field_path(loc: tuple) -> str:
-    """`("body", "messages", 0, "content", "list[Part]", 1)` -> `messages[0].content[1]`."""
+def field_path(loc: tuple, *, sent_key: bool = False) -> str:
+    """`("body", "messages", 0, "content", "list[Part]", 1)` -> `messages[0].content[1]`.
+
+    With `sent_key` the last part is a key the client sent (an unknown field), named whatever it is:
+    `("body", "messages", 0, "top k")` -> `messages[0]["top k"]`.
+    """
+    parts = loc[1:] if loc and loc[0] == "body" else loc
+    if sent_key:
+        *parts, key = parts
     path = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for part in parts:
         if isinstance(part, int):
             path += f"[{part}]"
         elif part.isidentifier() and part not in _TYPE_TAGS:  # drop union-branch tags like 'list[Part]'
             path += f".{part}" if path else part
+    if sent_key:
+        if not path:
+            path = key
+        elif key.isidentifier():
+            path += f".{key}"
+        else:
+            path += f"[{json.dumps(key, ensure_ascii=False)}]"
     return path
 
 
@@ -62,7 +77,7 @@ def validation_error(errors: list[dict]) -> APIError:
         return APIError(400, f"the request body is not valid JSON: {reason}{where}", code="invalid_json")
     depth = max(len(e["loc"]) for e in errors)
     deepest = [e for e in errors if len(e["loc"]) == depth]
-    path = field_path(deepest[0]["loc"])
+    path = field_path(deepest[0]["loc"], sent_key=deepest[0]["type"] == "extra_forbidden")
     if deepest[0]["type"] == "missing":
         if not path:
             return APIError(400, "the request needs a JSON object body", code="missing_body")

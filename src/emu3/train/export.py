@@ -3,7 +3,9 @@
 `export_lm` writes `DEST/model/` (config.json + model.safetensors in the original Emu3 layout, LoRA
 adapters merged, the text-tokenizer files copied from the base) and `DEST/vision-tokenizer/` beside
 it (a link to the vision tokenizer the data was prepared with, or an original-layout copy when that
-one is a -hf folder), so `checkpoint.find_vision_tokenizer` finds it. `save_vision_tokenizer` writes
+one is a -hf folder), so `checkpoint.find_vision_tokenizer` finds it. A tokenizer already at
+`DEST/vision-tokenizer` stays as it is; a destination that would replace a folder the export reads
+(the base model, its tokenizers) is refused before anything is written. `save_vision_tokenizer` writes
 the official VQ layout (config.json with model_type "Emu3VisionVQ", model.safetensors,
 preprocessor_config.json). Both write through staging folders. This module does not train.
 """
@@ -38,9 +40,28 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 VQ_CODEBOOK = "quantize."
 
 
+def _entry(target: Path) -> Path:
+    """The absolute path a write to `target` replaces: a link there itself, not the folder it points to."""
+    return target.parent.resolve() / target.name
+
+
+def refuse_overwrite(target: Path, sources: list[Path | None]) -> None:
+    """Raise ValueError when writing the folder `target` would replace one of `sources` (or a folder holding one)."""
+    entry = _entry(target)
+    for source in filter(None, sources):
+        if entry == source.resolve() or entry in source.resolve().parents:
+            raise ValueError(f"exporting to {target} would overwrite {source}, which the export reads: "
+                             "choose another output folder")
+
+
 def export_lm(state: dict[str, torch.Tensor], cfg: LMConfig, dest: Path, *, lora_scale: float | None,
-              tokenizer_dir: Path | None, vision_tokenizer: Path | None, dtype: str = "fp32") -> Path:
-    """Write the LM (and link its vision tokenizer) under `dest`; returns the LM folder."""
+              base: Path | None, tokenizer_dir: Path | None, vision_tokenizer: Path | None,
+              dtype: str = "fp32") -> Path:
+    """Write the LM (and link its vision tokenizer) under `dest`; returns the LM folder. `base` (the
+    model trained), `tokenizer_dir` and `vision_tokenizer` are never overwritten."""
+    refuse_overwrite(dest / LM_DIR, [base, tokenizer_dir, vision_tokenizer])
+    if vision_tokenizer is not None:
+        place_vision_tokenizer(vision_tokenizer, dest / VQ_DIR, keep=[base, tokenizer_dir])
     if lora_scale is not None:
         state = merge_lora(state, lora_scale)
     cast = DTYPES[dtype]
@@ -54,15 +75,18 @@ def export_lm(state: dict[str, torch.Tensor], cfg: LMConfig, dest: Path, *, lora
             for name in TOKENIZER_FILES:
                 if (tokenizer_dir / name).is_file():
                     shutil.copy2(tokenizer_dir / name, tmp / name)
-    if vision_tokenizer is not None:
-        place_vision_tokenizer(vision_tokenizer, dest / VQ_DIR)
     return dest / LM_DIR
 
 
-def place_vision_tokenizer(source: Path, target: Path) -> None:
-    """Link an original-layout tokenizer folder at `target`, or write an original-layout copy of a -hf one."""
+def place_vision_tokenizer(source: Path, target: Path, keep: list[Path | None]) -> None:
+    """Link an original-layout tokenizer folder at `target`, or write an original-layout copy of a -hf one.
+    An original-layout `source` that is `target` itself stays; `source` and `keep` are never overwritten."""
     source = source.resolve()
-    if checkpoint.is_hf_format(checkpoint.read_config(source)):
+    hf = checkpoint.is_hf_format(checkpoint.read_config(source))
+    if not hf and _entry(target) == source:
+        return
+    refuse_overwrite(target, [source, *keep])
+    if hf:
         vq, processor = checkpoint.load_vision_tokenizer(source)
         save_vision_tokenizer(vq.state_dict(), vq.config, processor, target)
         return

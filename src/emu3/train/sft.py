@@ -210,7 +210,7 @@ def _export(cfg: SFTConfig, model_state: dict[str, torch.Tensor], lm_cfg: LMConf
         Path(info["tokenizer"]) if info.get("tokenizer") else None)
     vision = cfg.vision_tokenizer or info.get("vision_tokenizer")
     return export.export_lm(state, lm_cfg, dest,
-                            lora_scale=cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else None,
+                            lora_scale=cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else None, base=base,
                             tokenizer_dir=tokenizer_dir, vision_tokenizer=Path(vision) if vision else None,
                             dtype=cfg.export_dtype)
 

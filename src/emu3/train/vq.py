@@ -306,7 +306,8 @@ def build_tokenizer(cfg: VQTrainConfig) -> tuple[VisionTokenizer, ImageProcessor
 def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: ImageProcessor, dest: Path,
             cfg: VQTrainConfig) -> Path:
     """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`, weights in the
-    dtypes `cfg` asks for."""
+    dtypes `cfg` asks for; never over the tokenizer `cfg` fine-tunes."""
+    export.refuse_overwrite(dest, [Path(cfg.vision_tokenizer) if cfg.vision_tokenizer else None])
     state = {k[len("vq."):]: v for k, v in state.items() if k.startswith("vq.")}
     return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases(), cfg.export_dtype,
                                         cfg.export_encoder_dtype)

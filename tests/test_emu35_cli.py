@@ -132,3 +132,12 @@ def test_generate_options_steer_the_image_tokens():
     given = _sampling(parse(["generate", "x", "-o", "o.png", "--top-k", "7", "--plausibility", "0.2"]), "", base)
     assert (given.top_k, given.plausibility, given.top_p) == (7, 0.2, base.top_p)
     assert _sampling(parse(["generate", "x", "-o", "o.png"]), "", base) == base  # the official setting, no floor
+
+
+@pytest.mark.parametrize("argv", [["story", "a fox", "-o", "st"], ["edit", "x", "--image", "a.png", "-o", "e.png"]])
+def test_emu35_commands_require_a_model(capsys, argv):
+    """The bundled model is an Emu3 model; without --model these commands crashed in `resolve(None)`."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    assert "the following arguments are required: --model" in capsys.readouterr().err

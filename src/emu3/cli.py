@@ -72,12 +72,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}") from None
 
 
-def _add_common(p: argparse.ArgumentParser, *, lm: bool = True) -> None:
-    if lm:
+def _add_common(p: argparse.ArgumentParser, *, lm: bool = True, bundled: bool = True) -> None:
+    """The options of every model command. Without `bundled` (Emu3.5's commands: the bundled Shapes
+    model is an Emu3 model) `--model` is required."""
+    if lm and bundled:
         p.add_argument("--model", help="language-model folder (original or -hf) or hub id "
                        "(default: the bundled Shapes model)")
-    p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model; "
-                   "the bundled one without --model)")
+    elif lm:
+        p.add_argument("--model", required=True, help="Emu3.5 checkpoint folder or hub id")
+    p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model"
+                   + ("; the bundled one without --model)" if bundled else ")"))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
     if lm:

@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     edit = sub.add_parser("edit", help="Emu3.5: edit or combine reference images following an instruction (x2i)")
     edit.add_argument("instruction")
-    _add_common(edit)
+    _add_common(edit, bundled=False)
     edit.add_argument("--image", action="append", required=True, help="a reference image (repeat for up to 3)")
     edit.add_argument("-o", "--output", required=True, help="output image")
     _add_options(edit)
@@ -44,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     for task, description in INTERLEAVED_TASKS.items():
         p = sub.add_parser(task, help=f"Emu3.5: {description}")
         p.add_argument("prompt")
-        _add_common(p)
+        _add_common(p, bundled=False)
         p.add_argument("--image", action="append", default=[], help="a reference image (repeat for several)")
         p.add_argument("-o", "--output", required=True, help="output folder (images, result.json, index.html)")
         if task == "howto":

@@ -163,3 +163,22 @@ def test_manifest_byte_order_mark_and_folders_given_as_images(tmp_path):
     for record in ({"image": "frames", "caption": "x"}, {"frames": ["a.png", "frames"], "caption": "x"}):
         with pytest.raises(RecordError, match="frames is a folder, not an image file"):
             parse_record(1, json.dumps(record), tmp_path)
+
+
+def test_overwrite_deletes_only_the_files_prepare_writes(tmp_path, emu3_fixture):
+    """A data folder that also holds the manifest and its images: --overwrite replaces the shards,
+    dataset.json and summary.json (and their temporary files), and nothing else."""
+    (tmp_path / "one.jsonl").write_text(json.dumps({"image": _image(tmp_path / "a.png"), "caption": "x"}) + "\n"
+                                        + json.dumps({"image": "a.png", "caption": "y"}) + "\n")
+    (tmp_path / "shards-notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not an emu3 data folder"):
+        prepare(_cfg(tmp_path / "one.jsonl", tmp_path, emu3_fixture), torch.device("cpu"))
+    first = prepare(_cfg(tmp_path / "one.jsonl", tmp_path, emu3_fixture, overwrite=True), torch.device("cpu"))
+    assert first["examples"] == 2
+    (tmp_path / ".tmp-shard-00000.safetensors").write_bytes(b"half")  # a crashed write's leftover
+    shutil.copy(shard_path(tmp_path, 0), shard_path(tmp_path, 7))  # a shard no longer listed
+    again = prepare(_cfg(tmp_path / "one.jsonl", tmp_path, emu3_fixture, video_mode="frames", overwrite=True),
+                    torch.device("cpu"))
+    assert again["examples"] == 2 and again["shards_written"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "dataset.json", "one.jsonl", "shard-00000.safetensors",
+                                                          "shards-notes.txt", "summary.json"]

@@ -225,7 +225,8 @@ class PrepareConfig:
     max_frames: int = opt(16, "frames kept per video, after the stride")
     frame_stride: int = opt(1, "keep every N-th frame of a video")
     device: str = opt("auto", "device of the vision tokenizer")
-    overwrite: bool = opt(False, "discard an existing data folder made with other settings")
+    overwrite: bool = opt(False, "discard an existing data folder made with other settings (its dataset.json, "
+                                 "shards and summary.json; other files stay)")
     quiet: bool = opt(False, "no progress bar")
 
     def __post_init__(self) -> None:

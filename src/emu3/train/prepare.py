@@ -6,7 +6,8 @@ Each record's media are read, preprocessed, encoded by the vision tokenizer and 
 are preprocessed exactly as `emu3 chat` does at inference. Shard k holds manifest records
 [k*R, (k+1)*R), so a rerun after an interruption skips every shard already on disk and writes only
 the rest; `dataset.json` pins the settings, and a rerun with other settings is refused (or, with
-`overwrite`, starts over). A bad record (missing
+`overwrite`, starts over: it deletes the files prepare writes and leaves every other file, such as a
+manifest and images kept in the same folder). A bad record (missing
 file, corrupt image, empty text, too long for the context, ...) is counted with its reason and
 skipped; it never stops the run. This module does not train and does not shuffle.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from emu3.train.manifest import Record, RecordError, parse_record, read_lines
 from emu3.train.metrics import Progress
 from emu3.train.shards import (
     DATASET_FILE,
+    SHARD_GLOB,
     DataError,
     read_stats,
     shard_path,
@@ -141,10 +142,12 @@ def _claim_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise DataError(f"{out} was prepared with other settings (differing: {changed}); "
                             "use another --output or pass --overwrite")
-        shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} exists and is not an emu3 data folder; use another --output or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
+    for name in (DATASET_FILE, SUMMARY_FILE, SHARD_GLOB):  # what prepare writes, and its temporary files
+        for path in [*out.glob(name), *out.glob(atomic.TMP_PREFIX + name)]:
+            path.unlink()
     atomic.write_text(info_path, json.dumps(settings, indent=2) + "\n")
 
 

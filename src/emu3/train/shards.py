@@ -31,6 +31,7 @@ from emu3.train.examples import TASKS, Example
 
 DATASET_FILE = "dataset.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
+SHARD_GLOB = "shard-*.safetensors"
 FORMAT = "emu3-train-shard/1"
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from emu3.cli import build_parser, main
-from emu3.serve.cli import _is_loopback
+from emu3.serve.cli import _is_loopback, _settings
+from emu3.serve.settings import Settings
 
 
 def test_serve_is_a_subcommand_bound_to_loopback_by_default(capsys):
@@ -25,6 +26,7 @@ def test_api_key_defaults_to_the_environment(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--model", "m", "--queue-size", "0"], "queue_size must be > 0"),
     (["serve", "--model", "m", "--preview-interval", "-1"], "preview_interval must be >= 0"),
+    (["serve", "--model", "m", "--max-batch-images", "0"], "max_batch_images must be > 0"),
     (["serve", "--model", "/no/such/folder"], "/no/such/folder"),
 ])
 def test_errors_name_the_problem(capsys, argv, message):
@@ -44,3 +46,15 @@ def test_a_bad_port_is_refused_by_the_parser(capsys, port):
 def test_loopback_addresses():
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.2")
+
+
+@pytest.mark.parametrize("flag, max_n", [("8", 4), ("4", 4), ("2", 2), ("1", 1)])
+def test_max_batch_images_also_caps_n(flag, max_n):
+    """A request's images are generated in one model call: n may never exceed the batch limit."""
+    settings = _settings(build_parser().parse_args(["serve", "--model", "m", "--max-batch-images", flag]))
+    assert (settings.max_batch_images, settings.max_n) == (int(flag), max_n)
+
+
+def test_settings_refuse_n_above_the_batch_limit():
+    with pytest.raises(ValueError, match=r"max_n \(3\) must be at most max_batch_images \(2\)"):
+        Settings(max_batch_images=2, max_n=3)

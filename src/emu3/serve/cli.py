@@ -37,7 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=defaults.queue_size,
                    help=f"requests that may wait before new ones get 503 (default {defaults.queue_size})")
     p.add_argument("--max-batch-images", type=int, default=defaults.max_batch_images,
-                   help=f"images generated together in one model call (default {defaults.max_batch_images})")
+                   help=f"images generated together in one model call; also caps a request's n, which is at "
+                        f"most {defaults.max_n} (default {defaults.max_batch_images})")
     p.add_argument("--preview-interval", type=float, default=defaults.preview_interval,
                    help=f"seconds between partial-image previews; 0: every row (default {defaults.preview_interval})")
     p.set_defaults(run=cmd_serve, json=False)
@@ -57,9 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     from emu3.pipelines import Emu3
 
     args.model = str(model_or_bundled(args.model))
-    settings = Settings(model_name=args.model_name or Path(str(args.model).rstrip("/")).name, api_key=args.api_key,
-                        queue_size=args.queue_size, max_batch_images=args.max_batch_images,
-                        preview_interval=args.preview_interval)
+    settings = _settings(args)
     if detect_family(args.model) == EMU35_FAMILY:
         raise ValueError(f"{args.model} is an Emu3.5 checkpoint; emu3 serve serves Emu3 checkpoints only")
     if not _is_loopback(args.host) and settings.api_key is None:
@@ -70,6 +69,15 @@ def cmd_serve(args: argparse.Namespace) -> dict:
                   quantize=args.quantize)
     uvicorn.run(create_app(m, settings), host=args.host, port=args.port, timeout_graceful_shutdown=5)
     return {}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The server's settings for parsed `serve` arguments whose `model` is resolved. A request's images
+    are generated in one model call, so `--max-batch-images` also caps its n."""
+    defaults = Settings()
+    return Settings(model_name=args.model_name or Path(str(args.model).rstrip("/")).name, api_key=args.api_key,
+                    queue_size=args.queue_size, max_batch_images=args.max_batch_images,
+                    max_n=min(defaults.max_n, args.max_batch_images), preview_interval=args.preview_interval)
 
 
 def _is_loopback(host: str) -> bool:

@@ -18,8 +18,8 @@ class Settings:
     model_name: str = "emu3"
     api_key: str | None = None           # when set, /v1/* needs `Authorization: Bearer <key>`
     queue_size: int = 16                 # requests waiting (not yet running) before new ones get 503
-    max_batch_images: int = 8            # images generated together in one model call
-    max_n: int = 4                       # images per generation request
+    max_batch_images: int = 8            # images generated together in one model call (a memory cap)
+    max_n: int = 4                       # images per generation request: one call, so <= max_batch_images
     max_prompt_chars: int = 2000         # an image prompt, a negative prompt, one chat message's text
     max_images: int = 4                  # images in one chat request (all turns)
     max_image_bytes: int = 10 * MiB      # one decoded image file
@@ -41,3 +41,6 @@ class Settings:
                     raise ValueError(f"{f.name} must be >= 0, got {value}")
             elif value <= 0:
                 raise ValueError(f"{f.name} must be > 0, got {value}")
+        if self.max_n > self.max_batch_images:
+            raise ValueError(f"max_n ({self.max_n}) must be at most max_batch_images ({self.max_batch_images}): "
+                             f"a request's images are generated in one model call")

@@ -231,6 +231,7 @@ BAD = {
     "body over the limit": (IMAGE, {"prompt": "x" * 250_000}, 413, None),
     "messages missing": (CHAT, {}, 400, "messages"),
     "messages empty": (CHAT, {"messages": []}, 400, "messages"),
+    "too many messages": (CHAT, {"messages": [USER_HI] * 257}, 400, "messages"),
     "content wrong type": (CHAT, {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
     "content no parts": (CHAT, {"messages": [{"role": "user", "content": []}]}, 400, "messages[0].content"),
     "role unknown": (CHAT, {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from emu3.defaults import GUIDANCE_SCALE, PLAUSIBILITY_HELP, TOP_K
 
 
+MAX_MESSAGES = 256  # in one chat request; more than any conversation that fits a model's context
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -92,8 +95,9 @@ class StreamOptions(_Request):
 
 
 class ChatRequest(_Request):
-    messages: list[Message] = Field(min_length=1, description="optional system messages, then user and "
-                                    "assistant turns alternating, ending with a user turn")
+    # The bound is checked before the items are, so a body of a million tiny messages is refused at once.
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES, description="optional system messages, "
+                                    "then user and assistant turns alternating, ending with a user turn")
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, description="default: the server's limit, within the context")

@@ -120,17 +120,51 @@ def test_a_video_without_a_video_reader_exits_2_naming_the_package(capsys, tmp_p
     assert err.startswith("emu3 reconstruct: error: reading the video file") and "pip install av" in err
 
 
-def test_reconstruct_one_image_into_a_folder(capsys, tmp_path, emu3_fixture):
-    (tmp_path / "frames").mkdir()  # a longer clip written there before, and a file of the user's
-    for name in ("frame_00000.png", "frame_00001.png", "frame_00002.png"):
-        Image.new("RGB", (8, 8)).save(tmp_path / "frames" / name)
-    (tmp_path / "frames" / "notes.txt").write_text("kept")
-    out = run_json(capsys, ["reconstruct", str(emu3_fixture / "input.png"), "--vision-tokenizer",
-                            str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "-o", str(tmp_path / "frames")])
-    assert out["output"] == str(tmp_path / "frames")
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_00000.png", "notes.txt"]
-    with Image.open(tmp_path / "frames" / "frame_00000.png") as frame:
-        assert frame.size != (8, 8)  # the reconstruction replaced the old frame
+def test_reconstruct_into_a_folder_replaces_only_its_own_frames(capsys, tmp_path, emu3_fixture):
+    vq = str(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(3):
+        Image.open(emu3_fixture / "input.png").save(clip / f"{i}.png")
+    out = tmp_path / "frames"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    run_json(capsys, ["reconstruct", str(clip), "--vision-tokenizer", vq, "-o", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_0000{i}.png" for i in range(3)] + ["frames.json",
+                                                                                               "notes.txt"]
+    # a shorter result in the same folder replaces the longer clip whole: no frames of it are left
+    payload = run_json(capsys, ["reconstruct", str(emu3_fixture / "input.png"), "--vision-tokenizer", vq, "-o", str(out)])
+    assert payload["output"] == str(out)
+    assert sorted(p.name for p in out.iterdir()) == ["frame_00000.png", "frames.json", "notes.txt"]
+
+
+def test_frame_files_of_the_users_are_refused_before_any_loading(capsys, tmp_path, emu3_fixture):
+    """An ffmpeg-style folder of frames was overwritten and its extra frames deleted without a word."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(shots / f"frame_0000{i}.png")
+    before = {p.name: p.read_bytes() for p in shots.iterdir()}
+    assert main(["reconstruct", str(shots / "frame_00002.png"), "--vision-tokenizer", "/nonexistent",
+                 "-o", str(shots), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds frame files this did not write (frame_00000.png and 3 more)" in err
+    assert {p.name: p.read_bytes() for p in shots.iterdir()} == before
+
+
+@pytest.mark.parametrize("name, message", [("clip.png", "cannot be written as one .png file"),
+                                           ("clip.mp4", "cannot be written as one .mp4 file"),
+                                           ("taken", "exists and is not a folder")])
+def test_a_clip_output_that_cannot_hold_frames_is_refused_before_any_loading(capsys, tmp_path, emu3_fixture,
+                                                                             name, message):
+    (tmp_path / "taken").write_text("a file of the user's")
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(clip / f"{i}.png")
+    assert main(["reconstruct", str(clip), "--vision-tokenizer", "/nonexistent", "-o", str(tmp_path / name)]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file of the user's"
 
 
 @pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])

@@ -118,7 +118,8 @@ def test_cli_writes_a_gif_and_a_folder(emu3_fixture, tmp_path, capsys):
         assert gif.n_frames == 3 and gif.size == (64, 64)
     assert main(["video", CAPTION, "--model", model, "-o", str(tmp_path / "frames"), "--frames", "2",
                  "--seed", "0", "--quiet"]) == 0
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_00000.png", "frame_00001.png"]
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_00000.png", "frame_00001.png",
+                                                                       "frames.json"]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -126,6 +127,7 @@ def test_cli_writes_a_gif_and_a_folder(emu3_fixture, tmp_path, capsys):
     (["--context", "missing.png"], "not found"),
     (["--context", "corrupt.png"], "cannot read image"),
     (["--frames", "1000"], "context length"),
+    (["-o", "clip.png", "--frames", "2"], "2 frames cannot be written as one .png file"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(emu3_fixture, tmp_path, capsys, monkeypatch, extra, message):
     from emu3.cli import main

@@ -235,7 +235,7 @@ def _is_emu35(model: str) -> bool:
 
 def check_image_output(output: str) -> None:
     """Refuse, before any work, an `-o` that names no image file this can write."""
-    from emu3.pipelines.reconstruct import is_image_file
+    from emu3.pipelines.frames_output import is_image_file
 
     if Path(output).is_dir():
         raise ValueError(f"-o {output} is a folder; give an image file name (e.g. {Path(output) / 'out.png'})")
@@ -309,10 +309,14 @@ def cmd_chat(args: argparse.Namespace) -> dict:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> dict:
-    from emu3.pipelines.reconstruct import reconstruct_path, save_frames
+    from emu3.pipelines.frames_output import check_frames_output, save_frames
+    from emu3.pipelines.reconstruct import reconstruct
+    from emu3.vision import load_frames
 
+    frames = load_frames(args.input)
+    check_frames_output(args.output, len(frames))
     m = _load(args, lm=False)
-    result = reconstruct_path(m.vq, m.processor, args.input)
+    result = reconstruct(m.vq, m.processor, frames)
     out = save_frames(result.frames, args.output)
     if not args.json:
         print(f"{out} (PSNR {result.psnr:.2f} dB)")

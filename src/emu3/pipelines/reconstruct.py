@@ -4,7 +4,7 @@ An image is encoded as the official 4-frame static clip and decoded back to one 
 (a folder of frames, an animated image or a video file) is encoded in groups of 4 frames; a last
 group that is short is completed by repeating its final frame, and the extra frames are dropped
 after decoding. PSNR compares the reconstruction with the preprocessed (resized) input.
-`save_frames` writes frames as an image, an animated GIF/WebP or a folder of PNG frames.
+`emu3.pipelines.frames_output` writes the frames.
 """
 
 from __future__ import annotations
@@ -60,34 +60,3 @@ def reconstruct(vq: VisionTokenizer, processor: ImageProcessor, frames: list[Ima
 def reconstruct_path(vq: VisionTokenizer, processor: ImageProcessor, path: str | Path) -> Reconstruction:
     """`reconstruct` on an image file, a folder of frames, an animated image or a video."""
     return reconstruct(vq, processor, load_frames(path))
-
-
-def is_image_file(path: str | Path) -> bool:
-    """Whether `path` names an image file PIL can write (by its suffix), not an existing folder."""
-    path = Path(path)
-    return not path.is_dir() and Image.registered_extensions().get(path.suffix.lower()) in Image.SAVE
-
-
-FRAME_NAME = "frame_{:05d}.png"
-
-
-def save_frames(frames: list[Image.Image], out: str | Path) -> Path:
-    """One frame -> an image file if `out` names one; several -> an animated GIF/WebP if `out` says so;
-    else a folder of PNG frames `frame_00000.png`, ..., where frame files left by a longer clip written
-    there before are removed (other files stay), so the folder's frames are this clip's."""
-    out = Path(out)
-    if len(frames) == 1 and is_image_file(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frames[0].save(out)
-    elif out.suffix.lower() in (".gif", ".webp"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frames[0].save(out, save_all=True, append_images=frames[1:], duration=125, loop=0)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for i, frame in enumerate(frames):
-            frame.save(out / FRAME_NAME.format(i))
-        stale = len(frames)
-        while (out / FRAME_NAME.format(stale)).is_file():
-            (out / FRAME_NAME.format(stale)).unlink()
-            stale += 1
-    return out

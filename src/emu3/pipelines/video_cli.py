@@ -4,7 +4,7 @@
     emu3 video "a red circle moving right" --context f0.png --context f1.png --frames 2 -o clip.gif
 
 `--frames` counts the new frames; the output holds the context frames first. `-o` ending in .gif or
-.webp gives an animated image, anything else a folder of PNG frames (`reconstruct.save_frames`).
+.webp gives an animated image, anything else a folder of PNG frames (`frames_output.save_frames`).
 Without `--model` the bundled Shapes model is used. This module parses arguments and writes files;
 the generation lives in `emu3.pipelines.video`.
 """
@@ -34,13 +34,14 @@ def add_parser(sub) -> None:
 
 def cmd_video(args: argparse.Namespace) -> dict:
     from emu3.bundled import model_or_bundled
-    from emu3.pipelines.reconstruct import save_frames
+    from emu3.pipelines.frames_output import check_frames_output, save_frames
     from emu3.pipelines.video import generate_video
     from emu3.vision import load_image
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     context = [load_image(path) for path in args.context]
+    check_frames_output(args.output, len(context) + args.frames)
     args.model = str(model_or_bundled(args.model))
     if _is_emu35(args.model):
         raise ValueError("emu3 video needs an Emu3 checkpoint; Emu3.5 has no video generation here")

@@ -16,7 +16,7 @@ from PIL import Image, features
 from safetensors.torch import load_file
 
 from emu3.config import VQConfig, vq_preset
-from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, smart_resize
+from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, smart_resize, to_rgb
 
 TOL = 1e-4
 
@@ -243,6 +243,22 @@ def test_load_frames_folder_sorted(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         load_frames(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.array([[0, 32896, 65535]], np.uint16), [0, 128, 255]),  # "I;16": PIL's convert gave 0, 255, 255
+    (np.array([[0, 32896, 65535]], np.int32), [0, 128, 255]),  # "I" holding 16-bit values
+    (np.array([[0, 128, 255]], np.int32), [0, 128, 255]),  # "I" holding 8-bit values
+    (np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),  # "F" in [0, 1]: PIL's convert gave 0, 0, 1
+    (np.array([[-3.0, 127.6, 300.0]], np.float32), [0, 128, 255]),  # "F" on the 8-bit scale
+])
+def test_high_depth_images_become_8_bit_rgb(tmp_path, array, expected):
+    rgb = to_rgb(Image.fromarray(array))
+    assert rgb.mode == "RGB" and np.asarray(rgb)[0, :, 0].tolist() == expected
+    Image.fromarray(array.astype(np.uint16) if array.dtype == np.uint16 else array).save(tmp_path / "deep.tiff")
+    assert np.asarray(load_frames(tmp_path / "deep.tiff")[0])[0, :, 0].tolist() == expected
+    pixels = ImageProcessor(min_pixels=1, max_pixels=64, spatial_factor=1).preprocess([Image.fromarray(array)])[0]
+    assert pixels.amax().item() > 0.9  # white stays white
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".webp"])

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from emu3.vision.image_processing import to_rgb
+
 MAX_ASPECT_RATIO = 5
 
 
@@ -41,7 +43,7 @@ def ibq_size(width: int, height: int, area: int, factor: int = 16) -> tuple[int,
 
 def to_pixels(image: Image.Image, area: int, factor: int = 16) -> torch.Tensor:
     """(3, H, W) float32 pixels in [-1, 1] of `image` resized to about `area` pixels."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     h, w = ibq_size(image.width, image.height, area, factor)
     array = np.asarray(image.resize((w, h), Image.BICUBIC)) / 127.5 - 1.0  # float64, as the official code
     return torch.from_numpy(array).permute(2, 0, 1).float()

@@ -37,6 +37,7 @@ from emu3.pipelines.loading import Emu3
 from emu3.pipelines.text_to_image import default_sampling
 from emu3.prompting import grid_for_ratio, image_header, image_tokens, parse_image, render
 from emu3.tokenizer import Tokenizer
+from emu3.vision.image_processing import to_rgb
 from emu3.vocab import EMU3, Vocab
 
 
@@ -68,7 +69,7 @@ def encode_frames(m: Emu3, frames: Sequence[Image.Image], grid: tuple[int, int])
     """Code grids (h, w) of context frames, each resized to the grid's pixel size first."""
     f = m.vq.spatial_factor
     size = (grid[1] * f, grid[0] * f)
-    codes = [m.encode_image(frame.convert("RGB").resize(size, Image.Resampling.BICUBIC)) for frame in frames]
+    codes = [m.encode_image(to_rgb(frame).resize(size, Image.Resampling.BICUBIC)) for frame in frames]
     for i, c in enumerate(codes):
         if tuple(c.shape) != grid:
             raise ValueError(f"context frame {i} encodes to a {tuple(c.shape)} grid, not the clip's {grid}: the "

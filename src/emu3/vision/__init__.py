@@ -5,10 +5,10 @@ Nothing here knows about the language model or its token ids.
 """
 
 from emu3.vision.ibq import IBQ
-from emu3.vision.image_processing import ImageProcessor, load_frames, load_image, smart_resize
+from emu3.vision.image_processing import ImageProcessor, load_frames, load_image, smart_resize, to_rgb
 from emu3.vision.vq import Decoder, Encoder, VectorQuantizer, VisionTokenizer
 
 __all__ = [
-    "ImageProcessor", "load_frames", "load_image", "smart_resize",
+    "ImageProcessor", "load_frames", "load_image", "smart_resize", "to_rgb",
     "Decoder", "Encoder", "VectorQuantizer", "VisionTokenizer", "IBQ",
 ]

@@ -78,6 +78,22 @@ def load_image(path: str | Path) -> Image.Image:
     return image
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` in RGB. PIL's own conversion clips 16-bit and 32-bit integer images at 255 (a washed-out
+    white picture) and float images too (0.5 becomes black), so those are scaled to 8 bits first:
+    16-bit modes ("I;16...") by 1/257; "I" (how 16-bit files may open) by 1/257 when any value is above
+    255, else as they are; "F" by 255 when its values lie in [0, 1], else as they are. Values outside
+    the 8-bit range are clipped."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+            values = values / 257
+        elif image.mode == "F" and values.min(initial=0) >= 0 and values.max(initial=0) <= 1:
+            values = values * 255
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _read_video(path: Path) -> list[Image.Image]:
     try:
         import av
@@ -109,7 +125,7 @@ def load_frames(path: str | Path) -> list[Image.Image]:
         files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known), key=lambda p: p.name)
         if not files:
             raise ValueError(f"no image files in folder {path}")
-        return [load_image(p).convert("RGB") for p in files]
+        return [to_rgb(load_image(p)) for p in files]
     if not path.is_file():
         raise FileNotFoundError(f"frames not found: {path} is neither a folder nor a file")
     if path.suffix.lower() in VIDEO_SUFFIXES:
@@ -117,7 +133,7 @@ def load_frames(path: str | Path) -> list[Image.Image]:
     else:
         image = load_image(path)
         try:
-            frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
+            frames = [to_rgb(frame) for frame in ImageSequence.Iterator(image)]
         except (OSError, ValueError, EOFError) as err:
             raise ValueError(f"cannot read the frames of {path}: {err}") from err
     if not frames:
@@ -191,8 +207,7 @@ class ImageProcessor:
             image = load_image(image)
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess expects PIL images or image paths, got {type(image).__name__}")
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = to_rgb(image)
         height, width = self.target_size(image.height, image.width)
         image = image.resize((width, height), resample=Image.Resampling(self.resample))
         pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)

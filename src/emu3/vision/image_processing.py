@@ -83,7 +83,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     white picture) and float images too (0.5 becomes black), so those are scaled to 8 bits first:
     16-bit modes ("I;16...") by 1/257; "I" (how 16-bit files may open) by 1/257 when any value is above
     255, else as they are; "F" by 255 when its values lie in [0, 1], else as they are. Values outside
-    the 8-bit range are clipped."""
+    the 8-bit range are clipped. Always a new image."""
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
@@ -91,7 +91,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         elif image.mode == "F" and values.min(initial=0) >= 0 and values.max(initial=0) <= 1:
             values = values * 255
         image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image.convert("RGB")  # a copy even when RGB already: frames of a sequence share one object
 
 
 def _read_video(path: Path) -> list[Image.Image]:

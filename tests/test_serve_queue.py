@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -171,6 +172,56 @@ def test_http_full_queue_is_503_with_retry_after_and_leaving_frees_the_slot(tiny
         assert waiting() == 0 and worker.stats.cancelled == 3
 
     asyncio.run(scenario())
+
+
+class SlowLM:
+    """A language model proxy that takes 50 ms a forward pass, so that a generation is still running when
+    the test shuts the server down."""
+
+    def __init__(self, lm) -> None:
+        self._lm = lm
+
+    def __getattr__(self, name: str):
+        return getattr(self._lm, name)
+
+    def hidden(self, *args, **kwargs):
+        time.sleep(0.05)
+        return self._lm.hidden(*args, **kwargs)
+
+
+def test_shutdown_answers_in_flight_requests_503_shutting_down(tiny):
+    """uvicorn waits for in-flight requests (and cancels them after its graceful timeout: a plain-text 500,
+    a stream cut short) before the app's lifespan stops the worker. `Server` stops the worker first."""
+    uvicorn = pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    from emu3.serve.launch import free_port
+    from emu3.serve.server import Server
+
+    app = create_app(dataclasses.replace(tiny, lm=SlowLM(tiny.lm)), Settings(progress_interval=0))
+    worker, port = app.state.worker, free_port()
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                   timeout_graceful_shutdown=2), worker)
+    chat = {"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 900}
+
+    async def scenario():
+        serving = asyncio.create_task(server.serve())
+        await until(lambda: server.started)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            running = asyncio.create_task(client.post("/v1/chat/completions", json=chat))
+            await until(lambda: worker.snapshot()["queue"]["running"] == 1)
+            waiting = asyncio.create_task(client.post("/v1/chat/completions", json={**chat, "stream": True}))
+            await until(lambda: worker.snapshot()["queue"]["waiting"] == 1)
+            server.should_exit = True  # what uvicorn's SIGTERM handler does
+            answers = await asyncio.gather(running, waiting)
+        await asyncio.wait_for(serving, 30)
+        return answers
+
+    running, waiting = asyncio.run(scenario())
+    assert running.status_code == 503, running.text
+    assert running.json()["error"]["code"] == "shutting_down"
+    errors = [json.loads(line[6:]) for line in waiting.text.splitlines() if line.startswith('data: {"error"')]
+    assert [e["error"]["code"] for e in errors] == ["shutting_down"], waiting.text
+    assert worker.stats.chats == 0
 
 
 def test_text_deltas_add_up_to_the_final_answer():

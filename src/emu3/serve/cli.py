@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         import uvicorn
 
         from emu3.serve.app import create_app
+        from emu3.serve.server import Server
     except ImportError as err:
         raise ValueError(f"serving needs the serve extra ({err}): pip install 'emu3[serve]'") from None
     from emu3.bundled import model_or_bundled
@@ -67,7 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     m = Emu3.load(args.model, args.vision_tokenizer, device=device, dtype=resolve_dtype(args.dtype, device),
                   quantize=args.quantize)
-    uvicorn.run(create_app(m, settings), host=args.host, port=args.port, timeout_graceful_shutdown=5)
+    app = create_app(m, settings)
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=5), app.state.worker)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C once it has shut down: the usual way to stop it
+        pass
     return {}
 
 

@@ -177,14 +177,18 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Refuse new work, fail waiting jobs, stop a running batch at its next step, join the thread."""
+    def begin_stop(self) -> None:
+        """Refuse new work, fail waiting jobs, and stop a running batch at its next step; returns at once."""
         with self._cond:
             self._stopping = True
             waiting, self._pending = self._pending, []
             self._cond.notify_all()
         for job in waiting:
             job.emit({"type": "error", "error": ShuttingDown("the server is shutting down")})
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """`begin_stop`, then join the thread."""
+        self.begin_stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
 

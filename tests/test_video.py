@@ -172,3 +172,15 @@ def test_eval_draws_pictures_and_clips_with_the_given_sampling(tiny, monkeypatch
     seen.clear()
     evaluate_model(tiny, n_prompts=1, n_questions=0, n_videos=1)
     assert seen == [t2i.default_sampling(tiny)] * 2 == [SamplingConfig(top_k=2048)] * 2  # official: no plausibility
+
+
+def test_a_non_square_context_continues_on_the_bundled_model():
+    """The bundled processor allows exactly 4096 pixels, so a 4:3 context frame (72x56 for a 7x9 grid)
+    was refused after loading: context frames are now encoded at the clip's own pixel size."""
+    import emu3
+    from emu3.pipelines.video import generate_video
+
+    m = emu3.load()
+    frame = Image.new("RGB", (80, 60), (255, 255, 255))
+    result = generate_video(m, "a red circle moving right", context_frames=[frame], num_frames=1, seed=0)
+    assert result.grid == (7, 9) and [f.size for f in result.frames] == [(72, 56), (72, 56)]

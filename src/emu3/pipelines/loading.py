@@ -74,9 +74,10 @@ class Emu3:
         return self.lm, self.tokenizer
 
     @torch.inference_mode()
-    def encode_image(self, image: Image.Image) -> torch.Tensor:
-        """The (h, w) code grid of one image, after the official preprocessing."""
-        pixels = self.processor.preprocess(image)[0]
+    def encode_image(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The (h, w) code grid of one image, after the official preprocessing (resized to `size`, as
+        (height, width) pixels, when given)."""
+        pixels = self.processor.preprocess(image, size)[0]
         return self.vq.encode(pixels[None].to(self.vq_device))[0].cpu()
 
     @torch.inference_mode()

@@ -37,7 +37,6 @@ from emu3.pipelines.loading import Emu3
 from emu3.pipelines.text_to_image import default_sampling
 from emu3.prompting import grid_for_ratio, image_header, image_tokens, parse_image, render
 from emu3.tokenizer import Tokenizer
-from emu3.vision.image_processing import to_rgb
 from emu3.vocab import EMU3, Vocab
 
 
@@ -66,15 +65,10 @@ def frame_size(m: Emu3, ratio: str | None, context: Sequence[Image.Image], image
 
 
 def encode_frames(m: Emu3, frames: Sequence[Image.Image], grid: tuple[int, int]) -> list[torch.Tensor]:
-    """Code grids (h, w) of context frames, each resized to the grid's pixel size first."""
+    """Code grids (h, w) of context frames, each resized to the grid's pixel size, whatever pixel range
+    the vision tokenizer's processor asks of single images (the bundled one: exactly 4096 pixels)."""
     f = m.vq.spatial_factor
-    size = (grid[1] * f, grid[0] * f)
-    codes = [m.encode_image(to_rgb(frame).resize(size, Image.Resampling.BICUBIC)) for frame in frames]
-    for i, c in enumerate(codes):
-        if tuple(c.shape) != grid:
-            raise ValueError(f"context frame {i} encodes to a {tuple(c.shape)} grid, not the clip's {grid}: the "
-                             f"vision tokenizer's processor does not allow {size[0]}x{size[1]} pixels")
-    return codes
+    return [m.encode_image(frame, (grid[0] * f, grid[1] * f)) for frame in frames]
 
 
 def generate_video(

@@ -202,24 +202,29 @@ class ImageProcessor:
         """The (height, width) an image of this size is resized to."""
         return smart_resize(height, width, self.spatial_factor, self.min_pixels, self.max_pixels)
 
-    def _preprocess_one(self, image: ImageLike) -> torch.Tensor:
+    def _preprocess_one(self, image: ImageLike, size: tuple[int, int] | None) -> torch.Tensor:
         if isinstance(image, (str, Path)):
             image = load_image(image)
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess expects PIL images or image paths, got {type(image).__name__}")
         image = to_rgb(image)
-        height, width = self.target_size(image.height, image.width)
+        height, width = size or self.target_size(image.height, image.width)
         image = image.resize((width, height), resample=Image.Resampling(self.resample))
         pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
         x = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
         x = (x - np.asarray(self.image_mean, dtype=np.float32)) / np.asarray(self.image_std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H, W)
 
-    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> list[torch.Tensor]:
-        """One image or a list -> a list of (3, H, W) float32 tensors in [-1, 1], each resized on its own."""
+    def preprocess(self, images: ImageLike | Sequence[ImageLike], size: tuple[int, int] | None = None
+                   ) -> list[torch.Tensor]:
+        """One image or a list -> a list of (3, H, W) float32 tensors in [-1, 1], each resized on its own:
+        to `target_size`, or to `size` (height, width; multiples of `spatial_factor`) when given, which
+        may lie outside min_pixels..max_pixels (a video's frames keep the grid its model draws)."""
+        if size is not None and (min(size) < 1 or size[0] % self.spatial_factor or size[1] % self.spatial_factor):
+            raise ValueError(f"size {size} must be positive multiples of the spatial factor {self.spatial_factor}")
         if isinstance(images, (Image.Image, str, Path)):
             images = [images]
-        return [self._preprocess_one(image) for image in images]
+        return [self._preprocess_one(image, size) for image in images]
 
     def postprocess(self, pixels: torch.Tensor) -> list[Image.Image]:
         """(..., 3, H, W) tensor in [-1, 1] -> a list of RGB PIL images (leading dims flattened)."""

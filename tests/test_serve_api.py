@@ -287,6 +287,17 @@ def test_bad_input_is_a_4xx_naming_the_field(client, case):
         assert param.split("[")[0].split(".")[0] in error["message"]
 
 
+@pytest.mark.parametrize("path, field, value", [(IMAGE, "cfg", "NaN"), (IMAGE, "temperature", "Infinity"),
+                                               (IMAGE, "top_p", "-Infinity"), (IMAGE, "plausibility", "NaN"),
+                                               (CHAT, "temperature", "NaN"), (CHAT, "top_p", "Infinity")])
+def test_a_number_that_is_not_finite_is_refused_as_such(client, path, field, value):
+    base = '{"prompt": "x"' if path == IMAGE else '{"messages": [{"role": "user", "content": "hi"}]'
+    response = client.post(path, content=f'{base}, "{field}": {value}}}', headers={"Content-Type": "application/json"})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == field
+    assert error["message"] == f"field '{field}': Input should be a finite number"
+
+
 @pytest.mark.parametrize("body, name", [
     ({"prompt": "x", "negative-prompt": "y"}, "negative-prompt"),
     ({"prompt": "x", "str": 1}, "str"),  # a key that looks like one of pydantic's union-branch tags

@@ -2,8 +2,9 @@
 
 Requests follow the OpenAI images and chat-completions APIs, plus Emu3's own fields (ratio,
 guidance, negative prompt, sampling). They are strict: a wrong JSON type is an error, never
-coerced, and an unknown field is an error naming it (a typo is never silently ignored). A few
-OpenAI fields that do not apply (`model`, `user`, `quality`, `style`) are accepted and ignored.
+coerced, a number must be finite (not NaN or Infinity), and an unknown field is an error naming it
+(a typo is never silently ignored). A few OpenAI fields that do not apply (`model`, `user`,
+`quality`, `style`) are accepted and ignored.
 Limits that depend on the server's settings (prompt length, n, image counts) are checked by the
 endpoints, not here. Streamed events are documented in the endpoint descriptions.
 """
@@ -21,7 +22,7 @@ MAX_MESSAGES = 256  # in one chat request; more than any conversation that fits 
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # Python's json reads NaN
 
 
 # -- images -----------------------------------------------------------------------------------------

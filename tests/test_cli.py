@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from emu3.cli import main
@@ -239,3 +240,35 @@ def test_plausibility_defaults_to_the_models_own(tiny):
     assert _sampling(parse(["generate", "x", "-o", "o.png", "--plausibility", "0"]), bundled).plausibility == 0
     assert _sampling(parse(["generate", "x", "-o", "o.png"]), tiny).plausibility == 0  # official: off
     assert _sampling(parse(["video", "x", "-o", "f", "--plausibility", "0.2"]), tiny).plausibility == 0.2
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu", "cuda:99"])
+def test_a_device_this_machine_lacks_exits_2(capsys, device):
+    """Only CUDA was checked: --device mps or meta ended in a RuntimeError traceback."""
+    if device == "cuda:99" and not torch.cuda.is_available():
+        device = "cuda"
+    assert main(["generate", "x", "-o", "x.png", "--device", device, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emu3 generate: error: --device") and "available" in err
+
+
+def test_reconstruct_dtype_sets_the_vision_tokenizers(monkeypatch, tmp_path, emu3_fixture):
+    """--dtype was accepted and ignored: the vision tokenizer always loaded in fp32."""
+    from emu3.pipelines.loading import Emu3
+
+    seen = []
+    real = Emu3.load
+    monkeypatch.setattr(Emu3, "load", classmethod(lambda cls, *a, **kw: seen.append(kw["vq_dtype"]) or real(*a, **kw)))
+    vq = str(emu3_fixture / "Emu3-VisionTokenizer-tiny")
+    for dtype in ("auto", "bf16"):
+        assert main(["reconstruct", str(emu3_fixture / "input.png"), "--vision-tokenizer", vq, "--dtype", dtype,
+                     "-o", str(tmp_path / f"{dtype}.png"), "--quiet"]) == 0
+    assert seen == [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("command", [["generate", "x", "-o", "o.png"], ["story", "x", "-o", "s"]])
+def test_a_zero_image_area_is_refused(capsys, command):
+    """`image_area or default` took --image-area 0 for the default."""
+    with pytest.raises(SystemExit):
+        main(command + ["--model", "/nonexistent", "--image-area", "0"])
+    assert "--image-area is a whole number of at least 1, got '0'" in capsys.readouterr().err

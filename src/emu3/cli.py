@@ -60,7 +60,22 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if not _available(device):
+        gpus = f", or cuda:0 to cuda:{torch.cuda.device_count() - 1}" if torch.cuda.is_available() else ""
+        raise ValueError(f"--device {name} is not available on this machine (try cpu{gpus})")
     return device
+
+
+def _available(device: torch.device) -> bool:
+    """Whether this torch can run on `device` (its backend is built and present, and its index exists)."""
+    if device.type == "cpu":
+        return True
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, ...; none for meta
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        return False
+    return device.index is None or device.index < backend.device_count()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -83,7 +98,8 @@ def _add_common(p: argparse.ArgumentParser, *, lm: bool = True, bundled: bool = 
     p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model"
                    + ("; the bundled one without --model)" if bundled else ")"))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)"
+                   if lm else "vision-tokenizer dtype: bf16, fp16, fp32 (default: fp32)")
     if lm:
         p.add_argument("--quantize", choices=["int8", "fp8"], help="weight-only quantization of the LM (torchao)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -164,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(gen)
     gen.add_argument("-o", "--output", required=True, help="output image (with --batch N: name_0.png ...)")
     gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1; Emu3.5: a preset or auto)")
-    gen.add_argument("--image-area", type=int, default=None, help="pixel area (default: the model's image_area)")
+    gen.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
+                     help="pixel area (default: the model's image_area)")
     gen.add_argument("--cfg", type=GUIDANCE, default=None,
                      help=f"classifier-free guidance scale (default: {GUIDANCE_SCALE} for Emu3, "
                      "the t2i setting for Emu3.5)")
@@ -185,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
     chat.add_argument("--max-new-tokens", type=int, default=1024,
                       help="most tokens in the answer (default 1024, fewer where the model's context ends)")
-    chat.add_argument("--image-area", type=int, default=None, help="Emu3.5 only: pixel area of the images")
+    chat.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
+                      help="Emu3.5 only: pixel area of the images")
     _add_sampling(chat, top_k=None, greedy_default=True)
     chat.set_defaults(run=cmd_chat)
 
@@ -222,8 +240,9 @@ def _load(args: argparse.Namespace, *, lm: bool = True):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if not lm:
-        return Emu3.load(None, vision_tokenizer_or_bundled(args.vision_tokenizer), device=device, dtype=dtype)
+    if not lm:  # the vision tokenizer alone: fp32 unless asked, as beside an LM
+        vq_dtype = torch.float32 if args.dtype == "auto" else dtype
+        return Emu3.load(None, vision_tokenizer_or_bundled(args.vision_tokenizer), device=device, vq_dtype=vq_dtype)
     return Emu3.load(args.model, args.vision_tokenizer, device=device, dtype=dtype, quantize=args.quantize)
 
 

@@ -56,7 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation (default: the task's official settings)")
     g.add_argument("--cfg", type=GUIDANCE, default=None, help="guidance scale on image tokens")
-    g.add_argument("--image-area", type=int, default=None, help="pixel area of reference and generated images")
+    g.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
+                   help="pixel area of reference and generated images")
     g.add_argument("--max-new-tokens", type=int, default=None, help="token budget of the response")
     g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
                    help="seed for reproducible sampling")

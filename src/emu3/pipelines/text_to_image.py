@@ -83,7 +83,7 @@ def text_to_image(
         raise ValueError("need at least one prompt and num_images >= 1")
     check_guidance_scale(cfg)
     prompts = [p for p in prompts for _ in range(num_images)]
-    h, w = grid_for_ratio(ratio, image_area or m.image_area, m.vq.spatial_factor)
+    h, w = grid_for_ratio(ratio, m.image_area if image_area is None else image_area, m.vq.spatial_factor)
     ids = [generation_prompt(tok, p, (h, w), positive_prompt=positive_prompt, vocab=m.vocab) for p in prompts]
     negative = generation_prompt(tok, negative_prompt, (h, w), vocab=m.vocab)
     base = secrets.randbelow(2**31) if seed is None else seed

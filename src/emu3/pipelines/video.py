@@ -61,7 +61,7 @@ def frame_size(m: Emu3, ratio: str | None, context: Sequence[Image.Image], image
     """The (rows, columns) grid of the clip: the first context frame's ratio (else `ratio`, else 1:1)."""
     if ratio is None:
         ratio = f"{context[0].width}:{context[0].height}" if context else "1:1"
-    return grid_for_ratio(ratio, image_area or m.image_area, m.vq.spatial_factor)
+    return grid_for_ratio(ratio, m.image_area if image_area is None else image_area, m.vq.spatial_factor)
 
 
 def encode_frames(m: Emu3, frames: Sequence[Image.Image], grid: tuple[int, int]) -> list[torch.Tensor]:

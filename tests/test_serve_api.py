@@ -352,3 +352,14 @@ def test_api_key(tiny):
         good = c.post(IMAGE, json={"prompt": "x", "seed": 2}, headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # not secret
+
+
+def test_a_16_bit_image_is_scaled_not_clipped():
+    """PIL's convert("RGB") clipped 16-bit values at 255: a mid-grey picture arrived white."""
+    from emu3.serve.media import image_from_data_uri
+    from emu3.vision import ImageProcessor
+
+    grey = Image.fromarray(np.full((16, 16), 32896, np.uint16))  # mode I;16, half of full scale
+    image = image_from_data_uri(data_uri(grey), param="image_url", max_bytes=1 << 20, max_pixels=1 << 20,
+                                processor=ImageProcessor(min_pixels=1, max_pixels=1 << 20, spatial_factor=1))
+    assert image.mode == "RGB" and np.asarray(image).max() == 128

@@ -15,7 +15,7 @@ import io
 from PIL import Image, UnidentifiedImageError
 
 from emu3.serve.errors import APIError
-from emu3.vision import ImageProcessor, smart_resize
+from emu3.vision import ImageProcessor, smart_resize, to_rgb
 
 
 def image_from_data_uri(uri: str, *, param: str, max_bytes: int, max_pixels: int,
@@ -45,7 +45,7 @@ def image_from_data_uri(uri: str, *, param: str, max_bytes: int, max_pixels: int
         width, height = image.size
         if width * height > max_pixels:
             raise bad(f"the image is {width}x{height}, more than the limit of {max_pixels} pixels", "image_too_large")
-        image = image.convert("RGB")  # loads the pixels
+        image = to_rgb(image)  # loads the pixels; 16-bit and float images scaled, not clipped
     except APIError:
         raise
     except UnidentifiedImageError:

@@ -91,6 +91,8 @@ def test_reconstruct_frames_folder(capsys, tmp_path, emu3_fixture):
     # An output that cannot be written is refused before the model is even looked for.
     (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}/noext"], "no suffix names no image format"),
     (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}/o.xyz"], ".xyz names no image format"),
+    (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}/o.xbm"], ".xbm names no image format"),  # 1-bit only
+    (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}/o.h5"], ".h5 names no image format"),  # no plugin
     (["generate", "x", "--model", "/nonexistent", "-o", "{tmp}"], "is a folder"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--image", "{tmp}/missing.png"], "missing.png"),
     (["chat", "q", "--model", "{fixture}/Emu3-tiny", "--dtype", "int3"], "unknown dtype"),
@@ -272,3 +274,9 @@ def test_a_zero_image_area_is_refused(capsys, command):
     with pytest.raises(SystemExit):
         main(command + ["--model", "/nonexistent", "--image-area", "0"])
     assert "--image-area is a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
+def test_a_negative_eval_seed_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "shapes", "--seed", "-5"])
+    assert "a seed is a whole number of at least 0, got '-5'" in capsys.readouterr().err

@@ -9,6 +9,8 @@ command calls `check_frames_output` first, and never overwritten.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import re
 from pathlib import Path
@@ -24,9 +26,23 @@ FORMAT = "emu3-frames/1"
 
 
 def is_image_file(path: str | Path) -> bool:
-    """Whether `path` names an image file PIL can write (by its suffix), not an existing folder."""
+    """Whether `path` names an image file PIL can write an RGB picture to (by its suffix), not an
+    existing folder."""
     path = Path(path)
-    return not path.is_dir() and Image.registered_extensions().get(path.suffix.lower()) in Image.SAVE
+    return not path.is_dir() and _writes_rgb(Image.registered_extensions().get(path.suffix.lower()))
+
+
+@functools.cache
+def _writes_rgb(fmt: str | None) -> bool:
+    """Whether PIL writes an RGB picture in format `fmt`: some formats it lists as writable take only
+    other modes (XBM) or need a plugin nobody installed (BUFR, GRIB, HDF5)."""
+    if fmt not in Image.SAVE:
+        return False
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except Exception:  # noqa: BLE001 - each writer refuses in its own way (OSError, ValueError, KeyError, ...)
+        return False
+    return True
 
 
 def _written_by_us(folder: Path) -> int:

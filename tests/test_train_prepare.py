@@ -182,3 +182,15 @@ def test_overwrite_deletes_only_the_files_prepare_writes(tmp_path, emu3_fixture)
     assert again["examples"] == 2 and again["shards_written"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "dataset.json", "one.jsonl", "shard-00000.safetensors",
                                                           "shards-notes.txt", "summary.json"]
+
+
+def test_a_vision_tokenizer_with_more_codes_than_the_model_has_visual_ids_is_refused(tmp_path, emu3_fixture):
+    from emu3.bundled import MODEL_DIR
+
+    (tmp_path / "one.jsonl").write_text(json.dumps({"image": _image(tmp_path / "a.png"), "caption": "x"}) + "\n")
+    cfg = PrepareConfig(manifest=str(tmp_path / "one.jsonl"), output=str(tmp_path / "out"),
+                        model=str(MODEL_DIR),  # 1024 visual ids
+                        vision_tokenizer=str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), quiet=True)  # 32768 codes
+    with pytest.raises(DataError, match="32768 codes.* only 1024 visual ids"):
+        prepare(cfg, torch.device("cpu"))
+    assert not (tmp_path / "out").exists()

@@ -183,3 +183,30 @@ def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch, dtype, device, unit
     assert [str(w.message) for w in caught if "AMX" in str(w.message)] == (
         ["--dtype bf16 on a CPU without AMX or AVX512-BF16: expect training far slower than with fp32 "
          "(measure with benchmarks/train_throughput.py --dtype bf16)"] if warned else [])
+
+
+def test_data_tokenized_for_another_vocabulary_is_refused(tmp_path, emu3_fixture, capsys):
+    """Data prepared with the compact Shapes tokenizer, trained on the full-vocabulary fixture model:
+    the ids mean other tokens there, so training refuses it (an older folder too, by its vocabulary size)."""
+    from PIL import Image
+
+    from emu3.bundled import MODEL_DIR
+    from emu3.train.config import PrepareConfig
+    from emu3.train.prepare import prepare
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "red.png", "caption": "red"}) + "\n")
+    prepare(PrepareConfig(manifest=str(tmp_path / "m.jsonl"), output=str(tmp_path / "data"), model=str(MODEL_DIR),
+                          quiet=True), torch.device("cpu"))
+    argv = ["train", "--model", str(emu3_fixture / "Emu3-tiny"), "--data", str(tmp_path / "data"),
+            "-o", str(tmp_path / "run"), "--max-steps", "1", "--micro-batch-size", "1", "--grad-accum", "1",
+            "--no-gradient-checkpointing", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emu3 train: error: ") and "does not match" in err and str(MODEL_DIR) in err
+    info = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    del info["tokenizer_fingerprint"]  # as written before fingerprints were recorded
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps(info))
+    assert main(argv) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()

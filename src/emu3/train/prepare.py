@@ -7,13 +7,16 @@ are preprocessed exactly as `emu3 chat` does at inference. Shard k holds manifes
 [k*R, (k+1)*R), so a rerun after an interruption skips every shard already on disk and writes only
 the rest; `dataset.json` pins the settings, and a rerun with other settings is refused (or, with
 `overwrite`, starts over: it deletes the files prepare writes and leaves every other file, such as a
-manifest and images kept in the same folder). A bad record (missing
+manifest and images kept in the same folder). `dataset.json` also records a fingerprint of the text
+tokenizer (`tokenizer_fingerprint`), so that training refuses data whose ids mean other tokens to its
+model; a vision tokenizer with more codes than the vocabulary has visual ids is refused. A bad record (missing
 file, corrupt image, empty text, too long for the context, ...) is counted with its reason and
 skipped; it never stops the run. This module does not train and does not shuffle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -111,6 +114,20 @@ def _reason(exc: Exception) -> str:
     return f"error ({type(exc).__name__})"
 
 
+def tokenizer_fingerprint(tok: Tokenizer | CompactTokenizer) -> str:
+    """A digest of what each id means to `tok`: its control ids, visual range and (compact) text table."""
+    table = {"vocab": dataclasses.asdict(tok.vocab), "vocab_size": tok.vocab_size, "ranks": getattr(tok, "ranks", None)}
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def matches_tokenizer(info: dict[str, Any], tok: Tokenizer | CompactTokenizer) -> bool:
+    """Whether the data folder of `info` (its dataset.json) was tokenized with ids as `tok` means them
+    (a folder written before fingerprints were recorded: with a vocabulary of the same size)."""
+    if "tokenizer_fingerprint" in info:
+        return info["tokenizer_fingerprint"] == tokenizer_fingerprint(tok)
+    return info.get("vocab_size") == tok.vocab_size
+
+
 def _settings(cfg: PrepareConfig, lines: list[tuple[int, str]], model: Path, vq: Path, tok: Tokenizer,
               area: int, max_len: int) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(text for _, text in lines).encode("utf-8")).hexdigest()
@@ -119,7 +136,7 @@ def _settings(cfg: PrepareConfig, lines: list[tuple[int, str]], model: Path, vq:
         "num_records": len(lines), "records_per_shard": cfg.records_per_shard,
         "num_shards": max(1, math.ceil(len(lines) / cfg.records_per_shard)),
         "tokenizer": str(model.resolve()), "vision_tokenizer": str(vq.resolve()), "vocab_size": tok.vocab_size,
-        "image_area": area, "max_seq_len": max_len, "video_mode": cfg.video_mode, "max_frames": cfg.max_frames,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tok), "image_area": area, "max_seq_len": max_len, "video_mode": cfg.video_mode, "max_frames": cfg.max_frames,
         "frame_stride": cfg.frame_stride,
     }
 
@@ -165,8 +182,12 @@ def prepare(cfg: PrepareConfig, device: torch.device) -> dict[str, Any]:
     tok = load_tokenizer(model)
     out = Path(cfg.output)
     settings = _settings(cfg, lines, model, vq_dir, tok, area, max_len)
-    _claim_folder(out, settings, cfg.overwrite)
     vq, processor = checkpoint.load_vision_tokenizer(vq_dir, device=device)
+    if vq.config.codebook_size > tok.vocab.codebook_size:  # its codes would become ids past the vocabulary
+        raise DataError(f"the vision tokenizer {vq_dir} has {vq.config.codebook_size} codes, but the vocabulary of "
+                        f"{model} has only {tok.vocab.codebook_size} visual ids: use the vision tokenizer of "
+                        "that model")
+    _claim_folder(out, settings, cfg.overwrite)
     enc = Encoder(vq, processor, area)
     base = Path(cfg.manifest).resolve().parent
     per = cfg.records_per_shard

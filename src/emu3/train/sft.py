@@ -3,7 +3,8 @@
 The model comes from `--model DIR` (an official checkpoint; `--init` re-initialises it) or from a
 preset (`--preset tiny --init`), optionally with LoRA adapters or grown by `--add-layers N` identity
 layers (emu3.train.deepen). Data are folders written by
-`emu3 prepare` (several make a weighted mixture of tasks). Each micro-batch is right-padded to its
+`emu3 prepare` (several make a weighted mixture of tasks); a folder tokenized with another tokenizer
+than the base model's is refused. Each micro-batch is right-padded to its
 longest sequence; the loss is the next-token cross-entropy on the supervised positions only, summed
 and divided by the number of supervised tokens in the whole global batch. Only the supervised
 positions go through the output head, in chunks that are recomputed in the backward pass, so the
@@ -29,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from emu3 import checkpoint as ckpt
+from emu3.compact_vocab import load_tokenizer
 from emu3.config import LMConfig, lm_preset
 from emu3.model import Transformer
 from emu3.model.meta import build_on_meta
@@ -38,7 +40,7 @@ from emu3.train.config import SFTConfig
 from emu3.train.deepen import deepen_lm, deepened_config
 from emu3.train.loop import StepCallback, check_output, fit
 from emu3.train.lora import add_lora
-from emu3.train.prepare import lm_config
+from emu3.train.prepare import lm_config, matches_tokenizer
 from emu3.train.shards import DataError, Shard, open_folder, read_dataset_info
 
 
@@ -119,6 +121,15 @@ class LMData:
                                 f"(all empty, unsupervised or longer than {max_len} tokens)")
         return cls(folders, infos, shards, np.concatenate(where), np.concatenate(lengths),
                    np.concatenate(loss_tokens), groups, too_long)
+
+    def check_tokenizer(self, model: Path) -> None:
+        """Refuse a folder tokenized with ids that mean other tokens to the tokenizer of `model`."""
+        tok = load_tokenizer(model)
+        for (path, _), info in zip(self.folders, self.infos, strict=True):
+            if not matches_tokenizer(info, tok):
+                raise DataError(f"{path} was tokenized with {info.get('tokenizer')} ({info.get('vocab_size')} ids), "
+                                f"which does not match the tokenizer of {model} ({tok.vocab_size} ids): "
+                                f"prepare the data again with --model {model}")
 
     def sample(self, index: int):
         shard, local = self.where[index]
@@ -224,8 +235,10 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
     info = distributed.setup(cfg.device)
     try:
         check_output(cfg)  # the output folder and the data are checked before the weights are read
-        arch, _ = _base(cfg)
+        arch, base = _base(cfg)
         data = LMData.open(cfg.data, cfg.max_seq_len or arch.max_position_embeddings, arch.vocab_size)
+        if base is not None and _has_tokenizer(base):
+            data.check_tokenizer(base)
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
         plan = Plan(data.lengths, data.groups, [w for _, w in data.folders], layout, seed=cfg.seed,
                     bucket_window=cfg.bucket_window, drop_prob=cfg.null_prompt_prob)

@@ -141,3 +141,10 @@ def test_emu35_commands_require_a_model(capsys, argv):
         main(argv)
     assert done.value.code == 2
     assert "the following arguments are required: --model" in capsys.readouterr().err
+
+
+def test_story_refuses_a_folder_of_the_users_images_before_loading(capsys, tmp_path):
+    (tmp_path / "image_00.png").write_bytes(b"the user's")
+    assert main(["story", "a fox", "--model", "/nonexistent", "-o", str(tmp_path), "--quiet"]) == 2
+    assert "holds files this did not write (image_00.png)" in capsys.readouterr().err
+    assert (tmp_path / "image_00.png").read_bytes() == b"the user's"

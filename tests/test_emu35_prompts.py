@@ -192,3 +192,29 @@ def test_requests_a_task_cannot_serve_are_refused():
     ]:
         with pytest.raises(ValueError, match=message):
             check_request(settings, images, **kwargs)
+
+
+def test_saving_again_replaces_the_earlier_response_and_never_the_users_files(tok, header, tmp_path):
+    from PIL import Image
+
+    from emu3.emu35.result import check_output_folder
+
+    segments = parse_response(IMG_IDS + tok.encode("one") + IMG_IDS, tok, header)
+    for s in segments:
+        s.image = Image.new("RGB", (48, 32), "red") if s.kind == IMAGE else None
+    InterleavedResult("story", "p", segments, [1], "eos", references=[Image.new("RGB", (16, 16))]).save(tmp_path)
+    (tmp_path / "notes.txt").write_text("kept")
+    assert {p.name for p in tmp_path.iterdir()} == {"image_00.png", "image_01.png", "reference_00.png", "result.json",
+                                                    "index.html", "notes.txt"}
+    shorter = parse_response(tok.encode("only text"), tok, header)
+    InterleavedResult("story", "p", shorter, [1], "eos").save(tmp_path)  # a rerun: its stale images go
+    assert {p.name for p in tmp_path.iterdir()} == {"result.json", "index.html", "notes.txt"}
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "image_00.png").write_bytes(b"the user's")
+    with pytest.raises(ValueError, match=r"holds files this did not write \(image_00.png\)"):
+        check_output_folder(users)
+    with pytest.raises(ValueError, match="holds files this did not write"):
+        InterleavedResult("story", "p", shorter, [1], "eos").save(users)
+    assert (users / "image_00.png").read_bytes() == b"the user's" and not (users / "result.json").exists()

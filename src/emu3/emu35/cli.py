@@ -145,10 +145,11 @@ def cmd_edit(args: argparse.Namespace) -> dict:
 
 
 def cmd_interleaved(args: argparse.Namespace) -> dict:
-    from emu3.emu35.result import VIEWER_FILE
+    from emu3.emu35.result import VIEWER_FILE, check_output_folder
     from emu3.vision import load_image
 
     images = [load_image(p) for p in args.image]
+    check_output_folder(args.output)
     kwargs = {"steps": args.steps} if args.task == "howto" else {}
     (result,) = _task_run(args, args.task, args.prompt, images, **kwargs)
     path = result.save(args.output)

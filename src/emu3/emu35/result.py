@@ -7,13 +7,17 @@ global chain of thought, `<|extra_50|>..<|extra_51|>` an image-level one, `<|ima
 short is dropped (its preceding text is kept); an unclosed thought marker is read as text.
 
 `InterleavedResult.save(folder)` writes the images as PNG files, `result.json` (the segments in
-order, images by relative path) and `index.html` (the viewer). This module does not run models:
-decoded images are attached by the pipeline.
+order, images by relative path) and `index.html` (the viewer). A folder's earlier `result.json` is
+the record of the files an earlier response wrote there: those are replaced, and the images the new
+response does not have are removed; files of those names that no record lists are the user's, and
+`check_output_folder` refuses them (before any work, when the command calls it). This module does
+not run models: decoded images are attached by the pipeline.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +32,7 @@ from emu3.vocab import EMU35, EMU35_MARKERS, Emu35Markers, Vocab
 
 TEXT, GLOBAL_COT, IMAGE_COT, IMAGE = "text", "global_cot", "image_cot", "image"
 RESULT_FILE, VIEWER_FILE = "result.json", "index.html"
+_WRITTEN = re.compile(r"(image|reference)_\d{2,}\.png|" + re.escape(RESULT_FILE) + "|" + re.escape(VIEWER_FILE))
 
 
 @dataclass
@@ -126,15 +131,46 @@ class InterleavedResult:
                 "seconds": round(self.seconds, 3), "token_ids": self.token_ids}
 
     def save(self, folder: str | Path) -> Path:
-        """Write images, `result.json` and `index.html` into `folder`; return the JSON's path."""
+        """Write images, `result.json` and `index.html` into `folder` (see the module docstring); return
+        the JSON's path."""
         folder = Path(folder)
+        check_output_folder(folder)
+        earlier = _recorded(folder)
         folder.mkdir(parents=True, exist_ok=True)
         references = _save_images(self.references, folder, "reference")
         images = _save_images([s.image for s in self.segments if s.kind == IMAGE], folder, "image")
         data = self.to_dict(images, references)
         (folder / RESULT_FILE).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (folder / VIEWER_FILE).write_text(render_html(data), encoding="utf-8")
+        for name in earlier - _recorded(folder):
+            (folder / name).unlink(missing_ok=True)
         return folder / RESULT_FILE
+
+
+def _recorded(folder: Path) -> set[str]:
+    """The files the `result.json` in `folder` says a response wrote there (none without one)."""
+    try:
+        data = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+        images = [s["path"] for s in data["segments"] if s.get("type") == IMAGE and s.get("path")]
+        names = {RESULT_FILE, VIEWER_FILE, *images, *data["reference_images"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {n for n in names if isinstance(n, str) and _WRITTEN.fullmatch(n)}
+
+
+def check_output_folder(folder: str | Path) -> None:
+    """Refuse an output folder that holds files a response would overwrite but no earlier response wrote."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"-o {folder} exists and is not a folder")
+    if not folder.is_dir():
+        return
+    ours = _recorded(folder)
+    foreign = sorted(p.name for p in folder.iterdir() if _WRITTEN.fullmatch(p.name) and p.name not in ours)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ValueError(f"-o {folder} holds files this did not write ({foreign[0]}{more}); "
+                         "choose another folder or move them away")
 
 
 def _save_images(images: Sequence[Image.Image | None], folder: Path, stem: str) -> list[str]:

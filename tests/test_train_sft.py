@@ -210,3 +210,22 @@ def test_data_tokenized_for_another_vocabulary_is_refused(tmp_path, emu3_fixture
     assert main(argv) == 2
     assert "does not match" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_summary_counts_left_out_examples_and_warns_of_a_task_left_without_any(tmp_path, capsys):
+    from emu3.train import examples
+    from emu3.train.shards import write_dataset
+    from tests.test_train_utils import CharTokenizer
+
+    exs, _ = t2i_dataset(tmp_path / "unused", n=4)
+    clip = torch.zeros(2, 16, 16, dtype=torch.long)  # 2 x 16 x 17 visual tokens: longer than 256
+    exs += [examples.text_to_visual(CharTokenizer(), "clip", [clip], task="video", vocab=SMALL)] * 2
+    write_dataset(tmp_path / "data", exs, {"vocab_size": 64})
+    base_model(tmp_path / "base")
+    argv = ["train", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+            "--max-steps", "1", "--micro-batch-size", "2", "--grad-accum", "1", "--no-save", "--quiet"]
+    with pytest.warns(UserWarning, match="no example of task video is left to train on"):
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained 1 steps on 4 examples" in out and "skipped 2 examples: 2 longer than 256 tokens" in out
+    assert "warning: no example of task video was trained on" in out

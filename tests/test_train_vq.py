@@ -233,3 +233,12 @@ def test_fp16_encoder_export_halves_the_encoder_and_keeps_the_codebook(manifest,
     pixels = torch.rand(8, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert (before.encode(pixels) == after.encode(pixels)).float().mean() > 0.95
+
+
+def test_the_printed_summary_names_the_skipped_records(manifest, tmp_path, capsys):
+    argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(manifest), "-o", str(tmp_path / "run"),
+            "--resolution", "16", "--micro-batch-size", "2", "--max-steps", "1", "--no-save", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained 1 steps on 4 records" in out and "skipped 2 records: 1 missing file, 1 unreadable media" in out
+    assert f"{manifest} line 6: missing file: " in out and f"{manifest} line 5: unreadable media: " in out

@@ -60,19 +60,29 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], lines: list[str])
     return summary
 
 
+def _skipped(summary: dict[str, Any], what: str) -> str:
+    """"skipped N WHAT: n1 reason1, n2 reason2" from a summary's `skipped` and `skipped_by_reason`."""
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary["skipped_by_reason"].items())) or "none"
+    return f"skipped {summary['skipped']} {what}: {reasons}"
+
+
+def _skipped_records(summary: dict[str, Any]) -> list[str]:
+    """One line for each of the first 20 skipped manifest records (naming its manifest when known)."""
+    return [f"  {s['manifest'] + ' ' if 'manifest' in s else ''}line {s['line']}: {s['reason']}: {s['message']}"
+            for s in summary["skipped_records"][:20]]
+
+
 def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
     from emu3.cli import resolve_device
     from emu3.train.prepare import prepare
 
     cfg = _config(PrepareConfig, args)
     summary = prepare(cfg, resolve_device(cfg.device))
-    reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary["skipped_by_reason"].items())) or "none"
     lines = [f"{cfg.output}: {summary['examples']} examples from {summary['records']} records, "
              f"{summary['tokens']} tokens ({summary['loss_tokens']} supervised); tasks {summary['tasks']}",
-             f"skipped {summary['skipped']} records: {reasons}; shards written {summary['shards_written']}, "
+             f"{_skipped(summary, 'records')}; shards written {summary['shards_written']}, "
              f"reused {summary['shards_reused']}"]
-    lines += [f"  line {s['line']}: {s['reason']}: {s['message']}" for s in summary["skipped_records"][:20]]
-    return _report(args, summary, lines)
+    return _report(args, summary, lines + _skipped_records(summary))
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,8 +90,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = train_lm(_config(SFTConfig, args))
     loss = summary.get("loss", float("nan"))
-    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {loss:.4f}; "
-                                   f"model exported to {summary.get('export')}"])
+    lines = [f"trained {summary['steps']} steps on {summary['examples']} examples, final loss {loss:.4f}; "
+             f"model exported to {summary.get('export')}", _skipped(summary, "examples")]
+    if summary["tasks_lost"]:
+        lines.append(f"warning: no example of task {', '.join(summary['tasks_lost'])} was trained on")
+    return _report(args, summary, lines)
 
 
 def cmd_train_vq(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,8 +102,9 @@ def cmd_train_vq(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = train_vq(_config(VQTrainConfig, args))
     loss, psnr = summary.get("loss", float("nan")), summary.get("psnr", float("nan"))
-    return _report(args, summary, [f"trained {summary['steps']} steps, final loss {loss:.4f}, PSNR {psnr:.2f} dB; "
-                                   f"saved to {summary.get('export')}"])
+    lines = [f"trained {summary['steps']} steps on {summary['records']} records, final loss {loss:.4f}, "
+             f"PSNR {psnr:.2f} dB; saved to {summary.get('export')}", _skipped(summary, "records")]
+    return _report(args, summary, lines + _skipped_records(summary))
 
 
 def cmd_merge_codes(args: argparse.Namespace) -> dict[str, Any]:

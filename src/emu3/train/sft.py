@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,15 @@ class LMData:
     lengths: np.ndarray
     loss_tokens: np.ndarray
     groups: list[np.ndarray]  # global indices per folder (examples that fit)
-    too_long: int
+    skipped: dict[str, int]  # examples left out, by reason
+    lost_tasks: list[str]  # tasks of the data none of whose examples is kept
 
     @classmethod
     def open(cls, entries: list[str], max_len: int, vocab_size: int) -> LMData:
         folders = [_parse_data(e) for e in entries]
         infos, shards, where, lengths, loss_tokens, groups = [], [], [], [], [], []
-        too_long = count = 0
+        too_long = unsupervised = count = 0
+        tasks: dict[str, int] = {}  # task -> examples kept
         for path, _ in folders:
             info, folder_shards = open_folder(path)
             if info.get("vocab_size", 0) > vocab_size:
@@ -113,14 +116,22 @@ class LMData:
                 loss_tokens.append(shard.loss_tokens)
                 fits = (shard.lengths <= max_len) & (shard.loss_tokens > 0)
                 too_long += int((shard.lengths > max_len).sum())
+                unsupervised += int(((shard.lengths <= max_len) & (shard.loss_tokens == 0)).sum())
+                present = np.bincount(shard.task_ids, minlength=len(shard.tasks))
+                kept = np.bincount(shard.task_ids, weights=fits, minlength=len(shard.tasks))
+                for task, n, k in zip(shard.tasks, present, kept, strict=True):
+                    if n:
+                        tasks[task] = tasks.get(task, 0) + int(k)
                 members.append(count + np.flatnonzero(fits))
                 count += n
             groups.append(np.concatenate(members) if members else np.zeros(0, dtype=np.int64))
             if not len(groups[-1]):  # a mixture component would silently drop out of training
                 raise DataError(f"no usable training example in {path} "
                                 f"(all empty, unsupervised or longer than {max_len} tokens)")
+        skipped = {f"longer than {max_len} tokens": too_long, "without a supervised token": unsupervised}
         return cls(folders, infos, shards, np.concatenate(where), np.concatenate(lengths),
-                   np.concatenate(loss_tokens), groups, too_long)
+                   np.concatenate(loss_tokens), groups, {r: n for r, n in skipped.items() if n},
+                   sorted(t for t, kept in tasks.items() if not kept))
 
     def check_tokenizer(self, model: Path) -> None:
         """Refuse a folder tokenized with ids that mean other tokens to the tokenizer of `model`."""
@@ -236,9 +247,13 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
     try:
         check_output(cfg)  # the output folder and the data are checked before the weights are read
         arch, base = _base(cfg)
-        data = LMData.open(cfg.data, cfg.max_seq_len or arch.max_position_embeddings, arch.vocab_size)
+        max_len = cfg.max_seq_len or arch.max_position_embeddings
+        data = LMData.open(cfg.data, max_len, arch.vocab_size)
         if base is not None and _has_tokenizer(base):
             data.check_tokenizer(base)
+        if data.lost_tasks and info.is_main:
+            warnings.warn(f"no example of task {', '.join(data.lost_tasks)} is left to train on: each is longer "
+                          f"than {max_len} tokens or has no supervised token", stacklevel=2)
         layout = Layout(cfg.micro_batch_size, cfg.grad_accum, info.world_size)
         plan = Plan(data.lengths, data.groups, [w for _, w in data.folders], layout, seed=cfg.seed,
                     bucket_window=cfg.bucket_window, drop_prob=cfg.null_prompt_prob)
@@ -251,7 +266,8 @@ def train_lm(cfg: SFTConfig, on_step: StepCallback | None = None) -> dict[str, A
         torch.manual_seed(cfg.seed + info.rank)  # dropout streams; a resumed run restores its saved states
         result = fit(cfg, task, info, on_step)
         summary = {"steps": result.steps, **result.final, "examples": int(sum(len(g) for g in data.groups)),
-                   "skipped_too_long": data.too_long, "world_size": info.world_size}
+                   "skipped": sum(data.skipped.values()), "skipped_by_reason": data.skipped,
+                   "tasks_lost": data.lost_tasks, "world_size": info.world_size}
         if info.is_main and cfg.save:
             summary["export"] = str(_export(cfg, result.model_state, lm_cfg, base, Path(cfg.output) / "export"))
         distributed.barrier(info)

@@ -23,6 +23,7 @@ adversarial term is implemented. The result is saved in the official VQ folder l
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +349,7 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
         torch.manual_seed(cfg.seed + info.rank)
         result = fit(cfg, task, info, on_step)
         summary = {"steps": result.steps, **result.final, "records": len(records), "skipped": len(skipped),
-                   "skipped_records": skipped, "world_size": info.world_size}
+                   "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped_records": skipped, "world_size": info.world_size}
         if info.is_main and cfg.save:
             dest = Path(cfg.output) / "export" / export.VQ_DIR
             summary["export"] = str(_export(result.model_state, vq, processor, dest, cfg))

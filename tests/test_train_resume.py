@@ -57,12 +57,13 @@ def test_resume_reproduces_the_uninterrupted_losses(setup):
     ckpt = load_file(str(tmp_path / "cut" / "checkpoints" / "step-00000004" / "model.safetensors"))
     merged = merge_lora({k[len("lm."):]: v for k, v in ckpt.items()}, scale=32.0 / 2)
     assert all(torch.equal(v, merged[k]) for k, v in step4.state_dict().items())
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # a line the crash cut short
     train_lm(_cfg(tmp_path, "cut", resume=True))
     full = read_log(tmp_path / "full" / "metrics.jsonl")
     cut = read_log(tmp_path / "cut" / "metrics.jsonl")
-    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 5, 6]  # step 5 was logged, then lost, then redone
-    resumed = {r["step"]: r["loss"] for r in cut}  # later lines win
-    assert [resumed[s] for s in range(1, 7)] == [r["loss"] for r in full]  # exactly
+    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]  # step 5 was logged, then lost: only its redo is kept
+    assert [r["loss"] for r in cut] == [r["loss"] for r in full]  # exactly
     assert len({r["loss"] for r in full}) == 6
 
 
@@ -152,3 +153,15 @@ def test_a_corrupt_checkpoint_is_named_and_settings_are_checked_before_the_weigh
     bigger.grad_accum = 2
     with pytest.raises(state.ResumeError, match="global_batch"):  # the settings, not the weights, are at fault
         train_lm(bigger)
+
+
+def test_the_eta_of_a_resumed_run_counts_the_steps_of_this_process_only(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from emu3.train import metrics
+
+    clock = iter([100.0, 110.0])  # the progress line is created, then step 91 of 100 ends 10 s later
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    progress = metrics.Progress("train", 100, done=90)  # resumed at step 90
+    progress.update(91)
+    assert "91/100 eta 90s" in capsys.readouterr().err  # 9 steps left at 10 s a step (not 1 s)

@@ -28,7 +28,7 @@ from emu3.train import state
 from emu3.train.batching import MicroBatch, Plan
 from emu3.train.config import LoopConfig
 from emu3.train.distributed import DistInfo, all_reduce_sum
-from emu3.train.metrics import MetricsLog, Progress, peak_memory_gb
+from emu3.train.metrics import MetricsLog, Progress, drop_after, peak_memory_gb
 from emu3.train.optim import build_optimizer, lr_at
 
 LOG_FILE = "metrics.jsonl"
@@ -134,8 +134,10 @@ def fit(cfg: LoopConfig, task: Task, info: DistInfo, on_step: StepCallback | Non
     if info.is_main:
         warn_if_bf16_is_slow(cfg, info.device)
     params = [p for p in task.module.parameters() if p.requires_grad]
+    if first and info.is_main:
+        drop_after(output / LOG_FILE, first)
     log = MetricsLog(output / LOG_FILE, output / "tensorboard" if cfg.tensorboard else None) if info.is_main else None
-    progress = Progress("train", total, info.is_main and not cfg.quiet)
+    progress = Progress("train", total, info.is_main and not cfg.quiet, done=first)
     progress.update(first)
     model_state: dict[str, torch.Tensor] = {}
     task.module.train()

@@ -1,8 +1,10 @@
 """Training telemetry: a progress line on stderr, a JSONL log and, when installed, TensorBoard.
 
-`Progress` redraws one stderr line (at most every 0.2 s) with a bar, counts and free-form fields.
+`Progress` redraws one stderr line (at most every 0.2 s) with a bar, counts, an ETA from the rate of
+this process (a resumed run's earlier steps do not count) and free-form fields.
 `MetricsLog` appends one JSON object per call to `metrics.jsonl` (append mode, so a resumed run
-continues the same file) and mirrors the numbers to TensorBoard if asked and available.
+continues the same file, once `drop_after` has removed the records of the steps it does again) and
+mirrors the numbers to TensorBoard if asked and available.
 `peak_memory_gb` reports the CUDA peak allocation on GPU and the process' peak RSS on CPU.
 Only rank 0 should create these; this module knows nothing of distributed training or models.
 """
@@ -19,12 +21,15 @@ from typing import Any
 
 import torch
 
+from emu3.train import atomic
+
 
 class Progress:
     """`label [#####.....] done/total key=value ...` on stderr."""
 
-    def __init__(self, label: str, total: int, enabled: bool = True) -> None:
-        self.label, self.total, self.enabled = label, max(total, 1), enabled
+    def __init__(self, label: str, total: int, enabled: bool = True, done: int = 0) -> None:
+        """`done`: the count already reached when this process starts (a resumed run's step)."""
+        self.label, self.total, self.enabled, self.first = label, max(total, 1), enabled, done
         self.start = self.last = time.perf_counter()
         self.drawn = False
 
@@ -34,7 +39,7 @@ class Progress:
             return
         self.last, self.drawn = now, True
         fill = int(30 * min(done, self.total) / self.total)
-        rate = done / max(now - self.start, 1e-9)
+        rate = (done - self.first) / max(now - self.start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
         extra = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
         sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (30 - fill)}] {done}/{self.total} "
@@ -86,6 +91,21 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def drop_after(path: Path, step: int) -> None:
+    """Rewrite the log at `path` (atomically) without its records past `step`: the steps a run resumed
+    from the checkpoint of `step` does again (and a last line cut short by a crash)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except json.JSONDecodeError:
+            continue
+    atomic.write_text(path, "".join(kept))
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

@@ -188,6 +188,7 @@ def test_codebook_initialisation_puts_codes_on_latents(emu3_fixture):
     (["--autoencoder-steps", "-1"], "autoencoder_steps must be >= 0"),
     (["--autoencoder-steps", "1"], "autoencoder_steps (1) must be fewer than the run's 1 steps"),  # random codebook
     (["--export-encoder-dtype", "bf16"], "export_encoder_dtype must be fp32 or fp16"),
+    (["--restart-dead-codes", "-1"], "restart_dead_codes must be >= 0"),  # -1 would move every code each batch
 ])
 def test_bad_crop_and_warmup_flags(tmp_path, capsys, manifest, flags, message):
     argv = ["train-vq", "--preset", "tiny", "--init", "--data", str(manifest), "-o", str(tmp_path / "run"),

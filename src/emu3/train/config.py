@@ -202,8 +202,9 @@ class VQTrainConfig(LoopConfig):
         if self.decoder_only and (self.init or self.autoencoder_steps or self.restart_dead_codes):
             raise ValueError("decoder_only keeps the loaded encoder and codebook: it excludes --init, "
                              "autoencoder_steps and restart_dead_codes")
-        if self.autoencoder_steps < 0:
-            raise ValueError(f"autoencoder_steps must be >= 0, got {self.autoencoder_steps}")
+        for name in ("autoencoder_steps", "restart_dead_codes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.add_res_blocks < 0 or (self.add_res_blocks and (self.init or self.vision_tokenizer is None)):
             raise ValueError(f"add_res_blocks ({self.add_res_blocks}) grows the weights of --vision-tokenizer: "
                              "it must be >= 0 and excludes --init and --preset")

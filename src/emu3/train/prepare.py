@@ -43,7 +43,7 @@ from emu3.train.shards import (
     shard_path,
     write_shard,
 )
-from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
+from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image, to_rgb
 
 SUMMARY_FILE = "summary.json"
 DATA_FORMAT = "emu3-train-data/1"
@@ -71,7 +71,7 @@ class Encoder:
 
     def pixels(self, images: list[Image.Image], rescale: bool) -> torch.Tensor:
         """Preprocessed (N, 3, H, W) pixels; `rescale` first brings generation targets to `image_area`."""
-        images = [im.convert("RGB") for im in images]
+        images = [to_rgb(im) for im in images]
         if rescale:
             images = [rescale_to_area(im, self.image_area) for im in images]
         frames = self.processor.preprocess(images)

@@ -42,7 +42,7 @@ from emu3.train.deepen import deepen
 from emu3.train.kmeans import kmeans
 from emu3.train.loop import StepCallback, check_output, fit, total_steps
 from emu3.train.manifest import Record, RecordError, parse_record, read_lines
-from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image
+from emu3.vision import ImageProcessor, VisionTokenizer, load_frames, load_image, to_rgb
 
 
 def _flat_latents(z: torch.Tensor) -> torch.Tensor:
@@ -163,8 +163,8 @@ class Media:
         """Resize the short side to the resolution, then cut a `crop` square at `box` (drawn when None)."""
         r, c = self.resolution, self.crop
         scale = r / min(image.width, image.height)
-        image = image.convert("RGB").resize((max(r, round(image.width * scale)), max(r, round(image.height * scale))),
-                                            Image.Resampling.BICUBIC)
+        image = to_rgb(image).resize((max(r, round(image.width * scale)), max(r, round(image.height * scale))),
+                                     Image.Resampling.BICUBIC)
         if box is None:
             box = (int(rng.integers(0, image.width - c + 1)), int(rng.integers(0, image.height - c + 1)))
         return image.crop((box[0], box[1], box[0] + c, box[1] + c)), box

@@ -25,7 +25,6 @@ def test_api_key_defaults_to_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--model", "m", "--queue-size", "0"], "queue_size must be > 0"),
-    (["serve", "--model", "m", "--preview-interval", "-1"], "preview_interval must be >= 0"),
     (["serve", "--model", "m", "--max-batch-images", "0"], "max_batch_images must be > 0"),
     (["serve", "--model", "/no/such/folder"], "/no/such/folder"),
 ])
@@ -41,6 +40,21 @@ def test_a_bad_port_is_refused_by_the_parser(capsys, port):
         build_parser().parse_args(["serve", "--port", port])
     assert done.value.code == 2
     assert f"argument --port: a port is a whole number from 0 to 65535, got '{port}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("interval", ["nan", "inf", "-1"])
+def test_a_bad_preview_interval_is_refused_by_the_parser(capsys, interval):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["serve", "--preview-interval", interval])
+    assert done.value.code == 2
+    assert (f"argument --preview-interval: the preview interval is a finite number >= 0, got '{interval}'"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("interval", [float("nan"), float("inf"), -1.0])
+def test_settings_refuse_a_preview_interval_that_is_not_a_finite_number_from_0(interval):
+    with pytest.raises(ValueError, match="preview_interval must be a finite number >= 0"):
+        Settings(preview_interval=interval)
 
 
 def test_loopback_addresses():

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from emu3.cli import whole_number
+from emu3.cli import finite_number, whole_number
 from emu3.serve.settings import Settings
 
 
@@ -39,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-images", type=int, default=defaults.max_batch_images,
                    help=f"images generated together in one model call; also caps a request's n, which is at "
                         f"most {defaults.max_n} (default {defaults.max_batch_images})")
-    p.add_argument("--preview-interval", type=float, default=defaults.preview_interval,
+    p.add_argument("--preview-interval", type=finite_number("the preview interval", 0, inclusive=True),
+                   default=defaults.preview_interval,
                    help=f"seconds between partial-image previews; 0: every row (default {defaults.preview_interval})")
     p.set_defaults(run=cmd_serve, json=False)
     return p

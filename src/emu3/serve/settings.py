@@ -6,6 +6,7 @@ knows nothing of HTTP or the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 MiB = 1024 * 1024
@@ -37,8 +38,8 @@ class Settings:
                 if value is not None and not value:
                     raise ValueError(f"{f.name} must not be empty")
             elif f.name in ("progress_interval", "preview_interval"):
-                if value < 0:
-                    raise ValueError(f"{f.name} must be >= 0, got {value}")
+                if not (math.isfinite(value) and value >= 0):
+                    raise ValueError(f"{f.name} must be a finite number >= 0, got {value}")
             elif value <= 0:
                 raise ValueError(f"{f.name} must be > 0, got {value}")
         if self.max_n > self.max_batch_images:

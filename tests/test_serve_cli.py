@@ -57,6 +57,16 @@ def test_settings_refuse_a_preview_interval_that_is_not_a_finite_number_from_0(i
         Settings(preview_interval=interval)
 
 
+@pytest.mark.parametrize("key", ["pässwort", "tab\tkey"])
+def test_a_key_that_is_not_printable_ascii_is_refused_before_loading(capsys, key):
+    """Clients send non-ASCII header text as Latin-1, UTF-8 or not at all: a 'pässwort' key sent as UTF-8
+    got 401."""
+    pytest.importorskip("fastapi")
+    assert main(["serve", "--model", "/no/such/folder", "--api-key", key]) == 2
+    err = capsys.readouterr().err
+    assert "emu3 serve: error: api_key must be printable ASCII" in err and key not in err
+
+
 def test_loopback_addresses():
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.2")

@@ -32,7 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=whole_number("a port", 0, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("EMU3_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $EMU3_API_KEY, else no key)")
+                   help="require 'Authorization: Bearer KEY' on /v1/; printable ASCII only, since clients send "
+                        "other characters in a header each their own way (default: $EMU3_API_KEY, else no key)")
     p.add_argument("--model-name", help="the model's id in the API (default: the model folder's name)")
     p.add_argument("--queue-size", type=int, default=defaults.queue_size,
                    help=f"requests that may wait before new ones get 503 (default {defaults.queue_size})")

@@ -17,7 +17,7 @@ class Settings:
     """Limits and pacing of one server. Every count and size must be positive."""
 
     model_name: str = "emu3"
-    api_key: str | None = None           # when set, /v1/* needs `Authorization: Bearer <key>`
+    api_key: str | None = None           # when set, /v1/* needs `Authorization: Bearer <key>`; ASCII
     queue_size: int = 16                 # requests waiting (not yet running) before new ones get 503
     max_batch_images: int = 8            # images generated together in one model call (a memory cap)
     max_n: int = 4                       # images per generation request: one call, so <= max_batch_images
@@ -37,6 +37,9 @@ class Settings:
             if f.name in ("model_name", "api_key"):
                 if value is not None and not value:
                     raise ValueError(f"{f.name} must not be empty")
+                if f.name == "api_key" and value is not None and not (value.isascii() and value.isprintable()):
+                    raise ValueError("api_key must be printable ASCII: HTTP clients send other characters in "
+                                     "a header each their own way (Latin-1, UTF-8, or not at all)")
             elif f.name in ("progress_interval", "preview_interval"):
                 if not (math.isfinite(value) and value >= 0):
                     raise ValueError(f"{f.name} must be a finite number >= 0, got {value}")

@@ -105,6 +105,20 @@ def test_recipe_values_of_the_wrong_type_are_refused_naming_the_setting(tmp_path
             load_config(SFTConfig, recipe)
 
 
+@pytest.mark.parametrize("command", ["train", "train-vq", "merge-codes"])
+def test_a_negative_seed_is_refused_naming_the_flag(capsys, command):
+    """numpy refused it only once the run had started, with "expected non-negative integer"."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--seed", "-1"])
+    assert done.value.code == 2
+    assert f"emu3 {command}: error: argument --seed: a seed is a whole number from 0" in capsys.readouterr().err
+
+
+def test_a_negative_seed_in_a_recipe_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        LoopConfig(output="o", seed=-1)
+
+
 def test_bad_data_is_refused_before_the_weights_are_read(tmp_path, monkeypatch):
     from emu3.train import sft
     from emu3.train.shards import DataError

@@ -15,9 +15,12 @@ import os
 import typing
 from typing import Any
 
+from emu3.cli import whole_number
 from emu3.train.config import PrepareConfig, SFTConfig, VQTrainConfig, load_config
 
 _NOT_FLAGS = {"command", "run", "config", "json"}
+_SEED = whole_number("a seed", 0, 2**63 - 1)  # numpy refuses a negative seed when the run starts
+_TYPES = {"seed": _SEED}  # fields whose flag needs more than its annotated type: refused when parsed
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
@@ -39,7 +42,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, positional: tuple[st
             parser.add_argument(*names, nargs="+", action="extend", metavar="VALUE", **common)
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
-            parser.add_argument(*names, type=base, metavar=f.name.split("_")[-1].upper(), **common)
+            parser.add_argument(*names, type=_TYPES.get(f.name, base), metavar=f.name.split("_")[-1].upper(),
+                                **common)
 
 
 def _config(cls: type, args: argparse.Namespace) -> Any:
@@ -170,7 +174,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color-tol", type=float, default=0.1,
                    help="uniform codes whose colors differ by less than this on every channel merge (default: 0.1)")
     p.add_argument("--samples", type=int, default=1024, help="pictures to measure on (default: 1024)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(run=cmd_merge_codes)

@@ -81,6 +81,7 @@ class LoopConfig:
             (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.dtype in ("auto", "bf16", "bfloat16", "fp32", "float32"),
              f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
             (self.export_dtype in ("fp32", "float32", "bf16", "bfloat16"),

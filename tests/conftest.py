@@ -19,6 +19,16 @@ def small_vocab():
     return Vocab(pad=0, eol=40, eof=41, bos=42, eos=43, img=44, boi=45, eoi=46, visual_base=47, codebook_size=16)
 
 
+def parse_cli(argv: list[str]):
+    """`emu3`'s arguments as `main` sees them: parsed, the sampling flags settled."""
+    from emu3.cli import build_parser, settle_sampling_flags
+
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "greedy_default"):
+        settle_sampling_flags(args)
+    return args
+
+
 def save_compact_model(folder: Path, compact, emu3_fixture: Path, *, std: float = 0.02, side: int = 32) -> Path:
     """A tiny random compact-vocabulary LM (`folder/model`, image area side*side) beside a tiny random
     vision tokenizer with 16 codes (`folder/vision-tokenizer`, fixed to side x side pictures)."""

@@ -12,7 +12,7 @@ from PIL import Image
 
 from emu3.cli import main
 from emu3.defaults import COMPACT_PLAUSIBILITY
-from tests.conftest import REPO
+from tests.conftest import REPO, parse_cli
 
 
 def run_json(capsys, argv):
@@ -234,9 +234,9 @@ def test_non_finite_guidance_and_temperature_are_refused_before_any_loading(caps
 
 def test_plausibility_defaults_to_the_models_own(tiny):
     import emu3
-    from emu3.cli import _sampling, build_parser
+    from emu3.cli import _sampling
 
-    parse = build_parser().parse_args
+    parse = parse_cli
     bundled = emu3.load()  # a compact-vocabulary model: the constraint on
     assert _sampling(parse(["generate", "x", "-o", "o.png"]), bundled).plausibility == COMPACT_PLAUSIBILITY > 0
     assert _sampling(parse(["generate", "x", "-o", "o.png", "--plausibility", "0"]), bundled).plausibility == 0
@@ -280,3 +280,24 @@ def test_a_negative_eval_seed_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "shapes", "--seed", "-5"])
     assert "a seed is a whole number of at least 0, got '-5'" in capsys.readouterr().err
+
+
+def test_a_sampling_option_makes_chat_sample_and_conflicts_with_greedy(capsys):
+    """`chat --temperature 0.7` was silently greedy: chat decodes greedily unless told otherwise."""
+    from emu3.cli import _sampling
+
+    def sampling(argv):
+        return _sampling(parse_cli(argv))
+
+    assert sampling(["chat", "q"]).is_greedy
+    assert not sampling(["chat", "q", "--temperature", "0.7"]).is_greedy
+    assert not sampling(["chat", "q", "--sample"]).is_greedy and sampling(["chat", "q", "--sample"]).temperature == 1
+    assert sampling(["chat", "q", "--top-p", "0.9"]).top_p == 0.9
+    assert not sampling(["generate", "x", "-o", "o.png"]).is_greedy and sampling(["generate", "x", "-o", "o.png",
+                                                                                    "--greedy"]).is_greedy
+    assert sampling(["video", "x", "-o", "f"]).top_k == 2048
+    assert main(["chat", "q", "--model", "/nonexistent", "--greedy", "--top-k", "5"]) == 2
+    assert "sampling options (--top-k) do nothing with --greedy; drop them or --greedy" in capsys.readouterr().err
+    for option, value in (("--top-k", "0"), ("--top-p", "0"), ("--top-p", "nan")):
+        with pytest.raises(SystemExit):
+            main(["chat", "q", option, value])

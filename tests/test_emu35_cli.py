@@ -16,7 +16,7 @@ from PIL import Image
 from emu3.cli import main
 from emu3.emu35.bundle import Emu35
 from emu3.vocab import EMU35
-from tests.conftest import REPO
+from tests.conftest import REPO, parse_cli
 
 
 def run_json(capsys, argv):
@@ -123,12 +123,11 @@ def test_readme_emu35_commands_run(capsys, tmp_path, monkeypatch, emu35_fixture,
 
 
 def test_generate_options_steer_the_image_tokens():
-    from emu3.cli import build_parser
     from emu3.emu35.cli import _sampling
     from emu3.emu35.tasks import task_settings
 
     base = task_settings("t2i").image
-    parse = build_parser().parse_args
+    parse = parse_cli
     given = _sampling(parse(["generate", "x", "-o", "o.png", "--top-k", "7", "--plausibility", "0.2"]), "", base)
     assert (given.top_k, given.plausibility, given.top_p) == (7, 0.2, base.top_p)
     assert _sampling(parse(["generate", "x", "-o", "o.png"]), "", base) == base  # the official setting, no floor

@@ -149,15 +149,35 @@ def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_defau
                   guided: bool = False) -> None:
     """The sampling flags; `guided` commands (pictures and clips) also take --plausibility."""
     g = p.add_argument_group("sampling")
-    g.add_argument("--greedy", action="store_true", default=greedy_default, help="always take the most likely token")
-    g.add_argument("--sample", dest="greedy", action="store_false", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=TEMPERATURE, default=1.0)
-    g.add_argument("--top-k", type=int, default=top_k)
-    g.add_argument("--top-p", type=float, default=None)
+    mode = "greedy, unless a sampling option below is given" if greedy_default else "sampling"
+    g.add_argument("--greedy", action="store_const", const=True, default=None,
+                   help=f"always take the most likely token (default: {mode})")
+    g.add_argument("--sample", dest="greedy", action="store_const", const=False,
+                   help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=TEMPERATURE, default=None, help="sampling temperature (default 1)")
+    g.add_argument("--top-k", type=whole_number("--top-k", 1), default=None,
+                   help="sample among the k most likely tokens" + (f" (default {top_k})" if top_k else ""))
+    g.add_argument("--top-p", type=_checked("--top-p", "a number in (0, 1]", float, lambda v: 0 < v <= 1),
+                   default=None, help="sample within the smallest set of tokens of this total probability")
+    p.set_defaults(greedy_default=greedy_default, top_k_default=top_k)
     if guided:
         g.add_argument("--plausibility", type=fraction("plausibility"), default=None, help=PLAUSIBILITY_HELP)
     g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
                    help="seed for reproducible sampling")
+
+
+def settle_sampling_flags(args: argparse.Namespace) -> None:
+    """Fill the sampling flags left unset. Without --greedy or --sample a command decodes its own way,
+    except that a sampling option given (`chat --temperature 0.7`) means sampling; --greedy with one
+    is refused, since it would be ignored."""
+    given = [flag for flag, value in (("--temperature", args.temperature), ("--top-k", args.top_k),
+                                      ("--top-p", args.top_p)) if value is not None]
+    if args.greedy is None:
+        args.greedy = args.greedy_default and not given
+    elif args.greedy and given:
+        raise ValueError(f"sampling options ({', '.join(given)}) do nothing with --greedy; drop them or --greedy")
+    args.temperature = 1.0 if args.temperature is None else args.temperature
+    args.top_k = args.top_k_default if args.top_k is None else args.top_k
 
 
 def _sampling(args: argparse.Namespace, m=None) -> SamplingConfig:
@@ -346,6 +366,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "greedy_default"):
+            settle_sampling_flags(args)
         payload = args.run(args)
     except (ValueError, FileNotFoundError, KeyError, OSError, MemoryError, ImportError) as exc:
         # Library errors are written to name the problem; a traceback would only hide it.

@@ -211,6 +211,19 @@ def test_decoder_only_keeps_encoder_and_codebook(manifest, tmp_path, emu3_fixtur
     assert main(argv[:3] + ["--init", *argv[3:]]) == 2
 
 
+@pytest.mark.parametrize("first, resumed", [(["--decoder-only"], []), ([], ["--decoder-only"])])
+def test_resume_refuses_switching_decoder_only(manifest, tmp_path, emu3_fixture, capsys, first, resumed):
+    """Switched, a resumed run trained another part than its checkpoint did and exported code aliases
+    (kept by decoder-only tuning, dropped otherwise) that did not match its weights."""
+    argv = ["train-vq", "--vision-tokenizer", str(emu3_fixture / "Emu3-VisionTokenizer-tiny"), "--data",
+            str(manifest), "-o", str(tmp_path / "run"), "--resolution", "16", "--save-every", "1", "--quiet"]
+    assert main([*argv, "--max-steps", "1", *first]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "2", "--resume", *resumed]) == 2
+    assert "settings it was trained with changed (['decoder_only'])" in capsys.readouterr().err
+    assert main([*argv, "--max-steps", "2", "--resume", *first]) == 0
+
+
 def test_fp16_encoder_export_halves_the_encoder_and_keeps_the_codebook(manifest, tmp_path, emu3_fixture, capsys):
     from safetensors import safe_open
 

@@ -50,7 +50,7 @@ class Task(Protocol):
         """Loggable numbers from the statistics summed over the step and all processes."""
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must not change between a checkpoint and its resumption (data, batch layout, seed)."""
+        """What must not change between a checkpoint and its resumption (data, batch layout, seed, what trains)."""
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _start(cfg: LoopConfig, task: Task, optimizer, info: DistInfo, total: int) -
     if saved.get("fingerprint") != now:
         changed = sorted(k for k in set(now) | set(saved.get("fingerprint", {}))
                          if now.get(k) != saved.get("fingerprint", {}).get(k))
-        raise state.ResumeError(f"cannot resume {found}: the data or batch settings changed ({changed}), "
+        raise state.ResumeError(f"cannot resume {found}: settings it was trained with changed ({changed}), "
                                 "so the run would not continue where it stopped")
     step = int(saved["step"])
     if step > total:

@@ -245,7 +245,9 @@ class VQTask:
         return {"data": data[0] if len(data) == 1 else data, "records": len(self.media.records),
                 "global_batch": self.plan.layout.global_batch, "seed": self.cfg.seed,
                 "resolution": self.cfg.resolution, "crop": self.cfg.crop, "num_frames": self.cfg.num_frames,
-                "autoencoder_steps": self.cfg.autoencoder_steps}
+                "autoencoder_steps": self.cfg.autoencoder_steps,
+                # only when on, so runs saved before it was recorded (full training) still resume
+                **({"decoder_only": True} if self.cfg.decoder_only else {})}
 
 
 def _check_header(path: Path) -> None:

@@ -101,6 +101,23 @@ def test_prepare_resumes_and_refuses_other_settings(prepared, tmp_path, emu3_fix
         open_folder(tmp_path / "out")
 
 
+def test_the_eta_of_a_resumed_prepare_counts_the_records_of_this_process_only(prepared, tmp_path, emu3_fixture,
+                                                                              monkeypatch, capsys):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from emu3.train import metrics
+
+    manifest, out, _ = prepared
+    shutil.copytree(out, tmp_path / "out")
+    shard_path(tmp_path / "out", 2).unlink()  # records 7 to 9 are done again; 1 to 6 and 10 are reused
+    ticks = iter(range(100))  # the progress line is created at 0 s; each update comes 1 s after the last
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    prepare(dataclasses.replace(_cfg(manifest, tmp_path / "out", emu3_fixture), quiet=False), torch.device("cpu"))
+    # record 7 ends at 3 s: 1 record in 3 s, 3 left (not 7 records in 3 s, which said 1 s)
+    assert "7/10 eta 9s" in capsys.readouterr().err
+
+
 def test_prepare_command(prepared, tmp_path, emu3_fixture, capsys):
     manifest = prepared[0]
     argv = ["prepare", str(manifest), "-o", str(tmp_path / "cli"), "--model", str(emu3_fixture / "Emu3-tiny"),

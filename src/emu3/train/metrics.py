@@ -1,7 +1,7 @@
 """Training telemetry: a progress line on stderr, a JSONL log and, when installed, TensorBoard.
 
 `Progress` redraws one stderr line (at most every 0.2 s) with a bar, counts, an ETA from the rate of
-this process (a resumed run's earlier steps do not count) and free-form fields.
+this process' work (a resumed run's earlier steps and reused results do not count) and free-form fields.
 `MetricsLog` appends one JSON object per call to `metrics.jsonl` (append mode, so a resumed run
 continues the same file, once `drop_after` has removed the records of the steps it does again) and
 mirrors the numbers to TensorBoard if asked and available.
@@ -29,9 +29,15 @@ class Progress:
 
     def __init__(self, label: str, total: int, enabled: bool = True, done: int = 0) -> None:
         """`done`: the count already reached when this process starts (a resumed run's step)."""
-        self.label, self.total, self.enabled, self.first = label, max(total, 1), enabled, done
+        self.label, self.total, self.enabled = label, max(total, 1), enabled
+        self.given = done  # counted as done without work in this process: left out of the rate
         self.start = self.last = time.perf_counter()
         self.drawn = False
+
+    def skip(self, n: int) -> None:
+        """Count `n` more as done without work in this process (results an earlier run left), so the
+        rate, and with it the ETA, leaves them out; `update` still shows them in the count."""
+        self.given += n
 
     def update(self, done: int, **fields: Any) -> None:
         now = time.perf_counter()
@@ -39,7 +45,7 @@ class Progress:
             return
         self.last, self.drawn = now, True
         fill = int(30 * min(done, self.total) / self.total)
-        rate = (done - self.first) / max(now - self.start, 1e-9)
+        rate = (done - self.given) / max(now - self.start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
         extra = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
         sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (30 - fill)}] {done}/{self.total} "

@@ -200,6 +200,7 @@ def prepare(cfg: PrepareConfig, device: torch.device) -> dict[str, Any]:
         stats = read_stats(path) if path.is_file() else None
         if stats is not None:
             reused += 1
+            progress.skip(len(chunk))
         else:
             stats = _write_one_shard(path, chunk, base, tok, enc, cfg, max_len, progress, k * per, all_stats)
             written += 1

@@ -141,6 +141,7 @@ def finite_number(what: str, low: float, inclusive: bool):
     return _checked(what, kind, float, lambda v: math.isfinite(v) and (v >= low if inclusive else v > low))
 
 
+SEED = whole_number("a seed", 0, 2**63 - 1)  # numpy and torch generators refuse negative seeds
 GUIDANCE = finite_number("the guidance scale (--cfg)", 0, inclusive=False)
 TEMPERATURE = finite_number("the temperature", 0, inclusive=True)
 
@@ -162,7 +163,7 @@ def _add_sampling(p: argparse.ArgumentParser, *, top_k: int | None, greedy_defau
     p.set_defaults(greedy_default=greedy_default, top_k_default=top_k)
     if guided:
         g.add_argument("--plausibility", type=fraction("plausibility"), default=None, help=PLAUSIBILITY_HELP)
-    g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
+    g.add_argument("--seed", type=SEED, default=None,
                    help="seed for reproducible sampling")
 
 

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from emu3.cli import GUIDANCE, TEMPERATURE, whole_number
+from emu3.cli import GUIDANCE, SEED, TEMPERATURE, whole_number
 from emu3.generation import SamplingConfig
 
 INTERLEAVED_TASKS = {
@@ -59,7 +59,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
                    help="pixel area of reference and generated images")
     g.add_argument("--max-new-tokens", type=int, default=None, help="token budget of the response")
-    g.add_argument("--seed", type=whole_number("a seed", 0, 2**63 - 1), default=None,
+    g.add_argument("--seed", type=SEED, default=None,
                    help="seed for reproducible sampling")
     g.add_argument("--greedy", action="store_true", help="take the most likely token everywhere")
     for mode in ("text", "image"):

@@ -58,7 +58,7 @@ def evaluate_model(m, *, n_prompts: int, n_questions: int, n_videos: int = 0, se
 
 
 def add_parser(sub) -> None:
-    from emu3.cli import GUIDANCE, TEMPERATURE, fraction, whole_number
+    from emu3.cli import GUIDANCE, SEED, TEMPERATURE, fraction
 
     p = sub.add_parser("eval", help="benchmarks of a model")
     which = p.add_subparsers(dest="benchmark", required=True)
@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     shapes.add_argument("--prompts", type=int, default=100, help="text-to-image prompts (0: skip)")
     shapes.add_argument("--questions", type=int, default=200, help="questions (0: skip)")
     shapes.add_argument("--videos", type=int, default=20, help="clips to continue (0: skip)")
-    shapes.add_argument("--seed", type=whole_number("a seed", 0), default=0)
+    shapes.add_argument("--seed", type=SEED, default=0)
     shapes.add_argument("--cfg", type=GUIDANCE, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
     shapes.add_argument("--temperature", type=TEMPERATURE, default=1.0, help="sampling temperature of pictures and clips")
     shapes.add_argument("--top-k", type=int, default=TOP_K,

@@ -15,12 +15,11 @@ import os
 import typing
 from typing import Any
 
-from emu3.cli import whole_number
+from emu3.cli import SEED
 from emu3.train.config import PrepareConfig, SFTConfig, VQTrainConfig, load_config
 
 _NOT_FLAGS = {"command", "run", "config", "json"}
-_SEED = whole_number("a seed", 0, 2**63 - 1)  # numpy refuses a negative seed when the run starts
-_TYPES = {"seed": _SEED}  # fields whose flag needs more than its annotated type: refused when parsed
+_TYPES = {"seed": SEED}  # fields whose flag needs more than its annotated type: refused when parsed
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
@@ -174,7 +173,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color-tol", type=float, default=0.1,
                    help="uniform codes whose colors differ by less than this on every channel merge (default: 0.1)")
     p.add_argument("--samples", type=int, default=1024, help="pictures to measure on (default: 1024)")
-    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(run=cmd_merge_codes)

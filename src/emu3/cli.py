@@ -95,8 +95,8 @@ def _add_common(p: argparse.ArgumentParser, *, lm: bool = True, bundled: bool = 
                        "(default: the bundled Shapes model)")
     elif lm:
         p.add_argument("--model", required=True, help="Emu3.5 checkpoint folder or hub id")
-    p.add_argument("--vision-tokenizer", help="vision-tokenizer folder (default: found beside --model"
-                   + ("; the bundled one without --model)" if bundled else ")"))
+    found = "found beside --model" + ("; the bundled one without --model" if bundled else "")
+    p.add_argument("--vision-tokenizer", help=f"vision-tokenizer folder (default: {found if lm else 'the bundled one'})")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="model dtype: bf16, fp16, fp32 (default: bf16 on GPU, fp32 on CPU)"
                    if lm else "vision-tokenizer dtype: bf16, fp16, fp32 (default: fp32)")

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,15 +106,51 @@ def test_vision_tokenizer_is_found_beside_the_lm(emu3_fixture):
     assert checkpoint.find_vision_tokenizer(emu3_fixture / "Emu3-tiny").name == "Emu3-VisionTokenizer-tiny"
 
 
-def test_hub_ids_resolve_through_huggingface_hub(monkeypatch, tmp_path):
+@pytest.fixture()
+def fake_hub(monkeypatch, tmp_path):
+    """huggingface_hub with no network: `cached` ids are in the cache at tmp_path, `online` ids on the hub;
+    `calls` records each snapshot_download / repo_info call."""
     hub = pytest.importorskip("huggingface_hub")
-    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id: str(tmp_path))
-    assert checkpoint.resolve("BAAI/Emu3-Gen") == tmp_path
+    hub_state = SimpleNamespace(cached=set(), online=set(), calls=[])
 
-    def offline(repo_id):
-        raise OSError("no network")
-    monkeypatch.setattr(hub, "snapshot_download", offline)
-    with pytest.raises(CheckpointError, match="could not be fetched from the hub: no network"):
+    def snapshot_download(repo_id, *, local_files_only=False, etag_timeout=None):
+        hub_state.calls.append(("snapshot_download", repo_id, local_files_only))
+        if repo_id in hub_state.cached or (not local_files_only and repo_id in hub_state.online):
+            return str(tmp_path)
+        raise FileNotFoundError("not in the cache") if local_files_only else AssertionError("unbounded call")
+
+    class HfApi:
+        def repo_info(self, repo_id, *, timeout=None):
+            hub_state.calls.append(("repo_info", repo_id, timeout))
+            if timeout is None:
+                raise AssertionError("a repo_info call without a timeout can hang")
+            if repo_id not in hub_state.online:
+                raise TimeoutError(f"timed out after {timeout} s")
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(hub, "HfApi", HfApi)
+    checkpoint._hub_snapshot.cache_clear()
+    yield hub_state
+    checkpoint._hub_snapshot.cache_clear()
+
+
+def test_a_cached_hub_id_resolves_without_the_network_once_per_process(fake_hub, tmp_path):
+    fake_hub.cached.add("BAAI/Emu3-Gen")
+    assert checkpoint.resolve("BAAI/Emu3-Gen") == tmp_path
+    assert checkpoint.resolve("BAAI/Emu3-Gen") == tmp_path
+    assert fake_hub.calls == [("snapshot_download", "BAAI/Emu3-Gen", True)]
+
+
+def test_an_uncached_hub_id_is_fetched_after_a_bounded_question(fake_hub, tmp_path):
+    fake_hub.online.add("BAAI/Emu3-Gen")
+    assert checkpoint.resolve("BAAI/Emu3-Gen") == tmp_path
+    assert [c[0] for c in fake_hub.calls] == ["snapshot_download", "repo_info", "snapshot_download"]
+    assert fake_hub.calls[1] == ("repo_info", "BAAI/Emu3-Gen", checkpoint.HUB_TIMEOUT)
+
+
+def test_a_stalled_hub_is_a_clear_error_naming_the_id(fake_hub):
+    with pytest.raises(CheckpointError, match=r"'BAAI/Emu3-Gen' is not a local folder nor in the hub cache, and "
+                                              r"could not be fetched from the hub .*timed out after 10.0 s"):
         checkpoint.resolve("BAAI/Emu3-Gen")
 
 

@@ -16,6 +16,7 @@ containers. Nothing is allocated twice. Every failure names the file and the pro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -41,6 +42,7 @@ VQ_MODEL_TYPE = "Emu3VisionVQ"
 IBQ_CONFIG = "config.yaml"
 IBQ_WEIGHTS = "model.ckpt"
 EMU3_FAMILY, EMU35_FAMILY = "emu3", "emu3.5"
+HUB_TIMEOUT = 10.0  # seconds the hub may take to answer about a hub id
 
 
 class CheckpointError(ValueError):
@@ -48,7 +50,7 @@ class CheckpointError(ValueError):
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A local folder, or a hub id resolved with `huggingface_hub` when it is installed."""
+    """A local folder, or a hub id resolved with `huggingface_hub` when it is installed (see `_hub_snapshot`)."""
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder
@@ -56,17 +58,32 @@ def resolve(path: str | os.PathLike) -> Path:
     if folder.exists():
         raise CheckpointError(f"{folder} is a file; expected a checkpoint folder")
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise CheckpointError(f"{text!r} is not a local folder, and huggingface_hub (to fetch it as a "
-                                  "hub id) is not installed") from None
-        try:
-            return Path(snapshot_download(text))
-        except Exception as exc:  # offline, unknown repo, ...: say so plainly
-            raise CheckpointError(f"{text!r} is not a local folder and could not be fetched from the hub: "
-                                  f"{exc}") from exc
+        return _hub_snapshot(text)
     raise CheckpointError(f"checkpoint folder {folder} does not exist")
+
+
+@functools.cache
+def _hub_snapshot(repo_id: str) -> Path:
+    """The snapshot folder of a hub id: the cached one when there is one (no network), else downloaded.
+
+    The hub is first asked about the id with a timeout of HUB_TIMEOUT seconds, so a stalled network
+    fails instead of hanging; downloads then use huggingface_hub's own timeouts. Each id is resolved
+    once per process."""
+    try:
+        from huggingface_hub import HfApi, snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{repo_id!r} is not a local folder, and huggingface_hub (to fetch it as a "
+                              "hub id) is not installed") from None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (FileNotFoundError, ValueError):  # not cached, or not a valid id (the hub call below says which)
+        pass
+    try:
+        HfApi().repo_info(repo_id, timeout=HUB_TIMEOUT)
+        return Path(snapshot_download(repo_id, etag_timeout=HUB_TIMEOUT))
+    except Exception as exc:  # offline, stalled, unknown repo, ...: say so plainly
+        raise CheckpointError(f"{repo_id!r} is not a local folder nor in the hub cache, and could not be fetched "
+                              f"from the hub (waiting at most {HUB_TIMEOUT:g} s for an answer): {exc}") from exc
 
 
 def read_config(folder: Path) -> dict:

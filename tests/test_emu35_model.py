@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from emu3 import checkpoint
 from emu3.checkpoint import CheckpointError, detect_family, load_ibq
@@ -71,6 +71,17 @@ def test_family_is_detected_from_the_files(emu35_fixture, emu3_fixture, tmp_path
     (lm / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
     assert detect_family(lm) == "emu3.5"
     assert checkpoint.find_ibq(emu35_fixture / "Emu3.5-tiny").name == "Emu3.5-VisionTokenizer-tiny"
+
+
+def test_an_emu35_lm_without_its_qk_norms_is_refused_naming_the_file_and_keys(emu35_fixture, tmp_path):
+    lm = shutil.copytree(emu35_fixture / "Emu3.5-tiny", tmp_path / "lm")
+    weights = lm / "model.safetensors"
+    weights.chmod(0o644)
+    tensors = load_file(str(weights))
+    save_file({k: t for k, t in tensors.items() if "_norm.weight" not in k or "self_attn" not in k}, str(weights))
+    missing = r"4 missing keys \['model.layers.0.self_attn.k_norm.weight', 'model.layers.0.self_attn.q_norm"
+    with pytest.raises(CheckpointError, match=f"model.safetensors does not match the model: {missing}"):
+        checkpoint.load_lm(lm)
 
 
 def test_ibq_config_reader_rejects_what_it_cannot_honour():

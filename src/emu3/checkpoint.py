@@ -20,7 +20,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -196,12 +196,13 @@ def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
             raise CheckpointError(f"{folder / CONFIG}: model_type {model_type!r} is not an Emu3 language model")
         cfg = _config_from(LMConfig, config, folder / CONFIG)
         rename = _identity
-    tensors = read_tensors(weight_files(folder), rename)
-    if not is_hf_format(config) and any(k.endswith("self_attn.q_norm.weight") for k in tensors):
-        cfg = dataclasses.replace(cfg, qk_norm=True)
+    files = weight_files(folder)
+    tensors = read_tensors(files, rename)
+    if not is_hf_format(config) and _lm_family(config, tensors) == EMU35_FAMILY:
+        cfg = dataclasses.replace(cfg, qk_norm=True)  # Emu3.5's per-head q/k norms: required, never inferred
     with build_on_meta():
         model = Transformer(cfg)
-    assign_state_dict(model, tensors, str(folder), dtype, device)
+    assign_state_dict(model, tensors, str(files[0] if len(files) == 1 else folder), dtype, device)
     return model.eval()
 
 
@@ -338,17 +339,27 @@ def detect_family(path: str | os.PathLike) -> str:
     config = read_config(folder)
     if is_hf_format(config) or config.get("model_type") == VQ_MODEL_TYPE:
         return EMU3_FAMILY
+    return _lm_family(config, _weight_keys(folder))
+
+
+def _lm_family(config: dict, keys: Iterable[str]) -> str:
+    """The family of an original-layout LM: by vocabulary size, else by the tensor names (`keys`, read
+    only when the size does not decide)."""
     sizes = {EMU3.size: EMU3_FAMILY, EMU35.size: EMU35_FAMILY}
     if config.get("vocab_size") in sizes:
         return sizes[config["vocab_size"]]
-    for path_ in weight_files(folder):
+    return EMU35_FAMILY if any(k.endswith("self_attn.q_norm.weight") for k in keys) else EMU3_FAMILY
+
+
+def _weight_keys(folder: Path) -> Iterator[str]:
+    """The tensor names of a folder's safetensors files, from their headers."""
+    for path in weight_files(folder):
         try:
-            with safe_open(str(path_), framework="pt") as f:
-                if any(k.endswith("self_attn.q_norm.weight") for k in f.keys()):
-                    return EMU35_FAMILY
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read {path_}: {exc}") from exc
-    return EMU3_FAMILY
+            raise CheckpointError(f"cannot read {path}: {exc}") from exc
+        yield from keys
 
 
 def read_ibq_config(folder: Path) -> IBQConfig:

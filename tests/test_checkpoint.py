@@ -111,12 +111,12 @@ def fake_hub(monkeypatch, tmp_path):
     """huggingface_hub with no network: `cached` ids are in the cache at tmp_path, `online` ids on the hub;
     `calls` records each snapshot_download / repo_info call."""
     hub = pytest.importorskip("huggingface_hub")
-    hub_state = SimpleNamespace(cached=set(), online=set(), calls=[])
+    hub_state = SimpleNamespace(cached=set(), online=set(), calls=[], folder=tmp_path)
 
     def snapshot_download(repo_id, *, local_files_only=False, etag_timeout=None):
         hub_state.calls.append(("snapshot_download", repo_id, local_files_only))
         if repo_id in hub_state.cached or (not local_files_only and repo_id in hub_state.online):
-            return str(tmp_path)
+            return str(hub_state.folder)
         raise FileNotFoundError("not in the cache") if local_files_only else AssertionError("unbounded call")
 
     class HfApi:
@@ -152,6 +152,19 @@ def test_a_stalled_hub_is_a_clear_error_naming_the_id(fake_hub):
     with pytest.raises(CheckpointError, match=r"'BAAI/Emu3-Gen' is not a local folder nor in the hub cache, and "
                                               r"could not be fetched from the hub .*timed out after 10.0 s"):
         checkpoint.resolve("BAAI/Emu3-Gen")
+
+
+def test_a_hub_id_in_the_original_layout_needs_its_vision_tokenizer_before_the_lm_loads(
+        fake_hub, emu3_fixture, tmp_path, monkeypatch):
+    from emu3.pipelines.loading import Emu3
+
+    fake_hub.cached.add("BAAI/Emu3-Gen")
+    fake_hub.folder = tmp_path / "hub" / "models--BAAI--Emu3-Gen" / "snapshots" / ("0" * 40)
+    shutil.copytree(emu3_fixture / "Emu3-tiny", fake_hub.folder)
+    shutil.copytree(emu3_fixture / "Emu3-VisionTokenizer-tiny", fake_hub.folder.parent / ("1" * 40))
+    monkeypatch.setattr(checkpoint, "read_tensors", lambda *a, **k: pytest.fail("the LM was read"))
+    with pytest.raises(CheckpointError, match="is a hub snapshot, .*--vision-tokenizer is required"):
+        Emu3.load("BAAI/Emu3-Gen")
 
 
 @pytest.mark.parametrize("change,match", [

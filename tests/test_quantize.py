@@ -52,3 +52,16 @@ def test_bad_modes_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp8 weights need a CUDA GPU"):
             quantize_lm(make_model(), "fp8")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp8 is refused on a CPU only")
+def test_fp8_on_a_cpu_is_refused_before_the_lm_is_read(emu3_fixture, emu35_fixture, monkeypatch):
+    from emu3 import checkpoint
+    from emu3.emu35.bundle import Emu35
+    from emu3.pipelines.loading import Emu3
+
+    monkeypatch.setattr(checkpoint, "read_tensors", lambda *a, **k: pytest.fail("the LM was read"))
+    with pytest.raises(ValueError, match="fp8 weights need a CUDA GPU"):
+        Emu3.load(emu3_fixture / "Emu3-tiny", quantize="fp8")
+    with pytest.raises(ValueError, match="fp8 weights need a CUDA GPU"):
+        Emu35.load(emu35_fixture / "Emu3.5-tiny", quantize="fp8")

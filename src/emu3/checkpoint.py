@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from emu3.config import IBQConfig, LMConfig, VQConfig
 from emu3.model.meta import build_on_meta
 from emu3.model.transformer import Transformer
+from emu3.quantize import check_mode, quantize_lm
 from emu3.train import atomic
 from emu3.vocab import EMU3, EMU35
 
@@ -176,9 +177,14 @@ def assign_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     model.load_state_dict(cast, strict=True, assign=True)
 
 
-def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-            device: str | torch.device = "cpu") -> Transformer:
-    """The language model of an original LM folder or of a -hf folder, in eval mode."""
+def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+            quantize: str | None = None) -> Transformer:
+    """The language model of an original LM folder or of a -hf folder, in eval mode.
+
+    `quantize` ("int8" or "fp8") stores its linear weights quantized (see `emu3.quantize`); a mode the
+    device cannot run is refused before any weight is read."""
+    if quantize is not None:
+        check_mode(quantize, device)
     folder = resolve(path)
     config = read_config(folder)
     if is_hf_format(config):
@@ -203,6 +209,8 @@ def load_lm(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     with build_on_meta():
         model = Transformer(cfg)
     assign_state_dict(model, tensors, str(files[0] if len(files) == 1 else folder), dtype, device)
+    if quantize is not None:
+        quantize_lm(model, quantize)
     return model.eval()
 
 
@@ -237,12 +245,21 @@ def save_lm(model: Transformer, folder: str | os.PathLike, *, extra_config: dict
     return folder
 
 
+def _siblings(lm_folder: Path) -> list[Path]:
+    """The folders beside an LM folder, where its vision tokenizer is looked for. A hub snapshot's
+    siblings are other revisions of the same repository, so a hub id's vision tokenizer must be given."""
+    if lm_folder.parent.name == "snapshots" and lm_folder.parent.parent.name.startswith("models--"):
+        raise CheckpointError(f"{lm_folder} is a hub snapshot, whose vision tokenizer is another hub repository: "
+                              "--vision-tokenizer is required (a folder or a hub id)")
+    return sorted(p for p in lm_folder.parent.iterdir() if p.is_dir())
+
+
 def find_vision_tokenizer(lm_folder: Path) -> Path:
     """The vision tokenizer for an LM folder: itself if -hf, else a sibling folder of type Emu3VisionVQ."""
     if is_hf_format(read_config(lm_folder)):
         return lm_folder
-    for sibling in sorted(lm_folder.parent.iterdir()):
-        if sibling.is_dir() and (sibling / CONFIG).is_file():
+    for sibling in _siblings(lm_folder):
+        if (sibling / CONFIG).is_file():
             try:
                 if read_config(sibling).get("model_type") == VQ_MODEL_TYPE:
                     return sibling
@@ -417,8 +434,8 @@ def load_ibq(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, dev
 
 def find_ibq(lm_folder: Path) -> Path:
     """The IBQ vision tokenizer beside an Emu3.5 LM folder (a sibling with config.yaml + model.ckpt)."""
-    for sibling in sorted(lm_folder.parent.iterdir()):
-        if sibling.is_dir() and is_ibq_folder(sibling):
+    for sibling in _siblings(lm_folder):
+        if is_ibq_folder(sibling):
             return sibling
     raise CheckpointError(f"no Emu3.5 vision tokenizer (a folder with {IBQ_CONFIG} and {IBQ_WEIGHTS}) found next "
                           f"to {lm_folder}; pass its folder explicitly (--vision-tokenizer DIR)")

@@ -27,18 +27,22 @@ def _torchao():
     return quant
 
 
-def quantize_lm(model: nn.Module, mode: str) -> nn.Module:
-    """Quantize every `nn.Linear` weight of `model` in place (and return it)."""
+def check_mode(mode: str, device: str | torch.device) -> None:
+    """Refuse a mode that is unknown, that `device` cannot run or that lacks torchao: cheap, so a loader
+    calls it before reading any weight."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
+    device = torch.device(device)
+    if mode == "fp8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+        raise ValueError("fp8 weights need a CUDA GPU with compute capability >= 8.9 (Ada, Hopper or newer)")
+    _torchao()
+
+
+def quantize_lm(model: nn.Module, mode: str) -> nn.Module:
+    """Quantize every `nn.Linear` weight of `model` in place (and return it)."""
+    check_mode(mode, next(model.parameters()).device)
     quant = _torchao()
-    if mode == "fp8":
-        device = next(model.parameters()).device
-        if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
-            raise ValueError("fp8 weights need a CUDA GPU with compute capability >= 8.9 (Ada, Hopper or newer)")
-        config = quant.Float8WeightOnlyConfig()
-    else:
-        config = quant.Int8WeightOnlyConfig()
+    config = quant.Float8WeightOnlyConfig() if mode == "fp8" else quant.Int8WeightOnlyConfig()
     quant.quantize_(model, config, filter_fn=lambda module, fqn: isinstance(module, nn.Linear))
     return model
 

@@ -59,12 +59,8 @@ class Emu35:
             raise checkpoint.CheckpointError(f"{folder} is an {family} checkpoint, not Emu3.5")
         ibq_folder = (checkpoint.resolve(vision_tokenizer) if vision_tokenizer is not None
                       else checkpoint.find_ibq(folder))
-        lm = checkpoint.load_lm(folder, dtype=dtype, device=device)
-        if quantize is not None:
-            from emu3.quantize import quantize_lm
-
-            quantize_lm(lm, quantize)
-        return cls(lm=lm, tokenizer=Tokenizer.from_dir(folder),
+        tokenizer = Tokenizer.from_dir(folder)
+        return cls(lm=checkpoint.load_lm(folder, dtype=dtype, device=device, quantize=quantize), tokenizer=tokenizer,
                    ibq=checkpoint.load_ibq(ibq_folder, dtype=vq_dtype, device=device))
 
     @torch.inference_mode()

@@ -42,14 +42,10 @@ class Emu3:
         lm = tokenizer = None
         if model is not None:
             folder = checkpoint.resolve(model)
-            lm = checkpoint.load_lm(folder, dtype=dtype, device=device)
-            if quantize is not None:
-                from emu3.quantize import quantize_lm
-
-                quantize_lm(lm, quantize)
+            vision_tokenizer = (checkpoint.resolve(vision_tokenizer) if vision_tokenizer is not None
+                                else checkpoint.find_vision_tokenizer(folder))
             tokenizer = load_tokenizer(folder)
-            if vision_tokenizer is None:
-                vision_tokenizer = checkpoint.find_vision_tokenizer(folder)
+            lm = checkpoint.load_lm(folder, dtype=dtype, device=device, quantize=quantize)
             if tokenizer.vocab_size != lm.config.vocab_size:
                 raise checkpoint.CheckpointError(
                     f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "

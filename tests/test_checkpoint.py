@@ -92,6 +92,17 @@ def test_shape_and_key_mismatches(lm_dir):
         load_lm(folder)
 
 
+def test_a_tensor_of_the_wrong_dtype_kind_is_named_with_file_key_and_dtype(lm_dir):
+    folder = lm_dir[0]
+    tensors = load_file(str(folder / "model.safetensors"))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    tensors[key] = tensors[key].to(torch.int8)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"model.safetensors: {key} has dtype torch.int8, the model needs a "
+                                              "floating-point tensor"):
+        load_lm(folder)
+
+
 def test_wrong_kind_of_folder(emu3_fixture, tmp_path):
     with pytest.raises(CheckpointError, match="holds a vision tokenizer"):
         load_lm(emu3_fixture / "Emu3-VisionTokenizer-tiny")

@@ -159,7 +159,7 @@ def read_tensors(files: list[Path], rename: Callable[[str], str | None] = lambda
 
 def assign_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
                       dtype: torch.dtype | None, device: str | torch.device) -> None:
-    """Check keys and shapes against `model` (on the meta device), then assign cast tensors."""
+    """Check keys, shapes and dtype kinds against `model` (on the meta device), then assign cast tensors."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -170,6 +170,9 @@ def assign_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
         if tuple(tensors[key].shape) != tuple(ref.shape):
             raise CheckpointError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, "
                                   f"the config implies {tuple(ref.shape)}")
+        if tensors[key].is_floating_point() != ref.is_floating_point():
+            kind = "a floating-point" if ref.is_floating_point() else f"a {ref.dtype}"
+            raise CheckpointError(f"{source}: {key} has dtype {tensors[key].dtype}, the model needs {kind} tensor")
     cast = {}
     for key, t in tensors.items():
         floating = t.is_floating_point() and dtype is not None

@@ -113,6 +113,26 @@ def test_wrong_kind_of_folder(emu3_fixture, tmp_path):
         checkpoint.find_vision_tokenizer(tmp_path / "alone")
 
 
+def test_an_emu35_vision_tokenizer_where_an_emu3_one_is_expected_names_the_family(emu35_fixture):
+    with pytest.raises(CheckpointError, match=r"Emu3.5-VisionTokenizer-tiny is an Emu3.5 \(IBQ\) vision tokenizer; "
+                                              "an Emu3 one is needed"):
+        load_vision_tokenizer(emu35_fixture / "Emu3.5-VisionTokenizer-tiny")
+
+
+@pytest.mark.parametrize("config,missing", [
+    ({"model_type": "emu3", "vq_config": {}}, "text_config is missing"),
+    ({"model_type": "emu3", "text_config": {}}, "vq_config is missing"),
+    ({"text_config": {}}, "vq_config is missing"),
+    ({"model_type": "emu3"}, "text_config and vq_config are missing"),
+])
+def test_an_incomplete_hf_config_says_which_part_is_missing(tmp_path, config, missing):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for load in (load_lm, load_vision_tokenizer):
+        with pytest.raises(CheckpointError, match=f"config.json is an incomplete -hf config: it needs text_config "
+                                                  f"and vq_config, and {missing}"):
+            load(tmp_path)
+
+
 def test_vision_tokenizer_is_found_beside_the_lm(emu3_fixture):
     assert checkpoint.find_vision_tokenizer(emu3_fixture / "Emu3-tiny").name == "Emu3-VisionTokenizer-tiny"
 

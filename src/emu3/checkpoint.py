@@ -40,6 +40,7 @@ PREPROCESSOR = "preprocessor_config.json"
 CODE_ALIASES = "code_aliases.json"  # ours, optional: codes of a vision tokenizer that encode as one (code_merge)
 CODE_ALIASES_FORMAT = "emu3-code-aliases/1"
 VQ_MODEL_TYPE = "Emu3VisionVQ"
+HF_MODEL_TYPE, HF_PARTS = "emu3", ("text_config", "vq_config")  # a -hf config.json: the LM's and the VQ's configs
 IBQ_CONFIG = "config.yaml"
 IBQ_WEIGHTS = "model.ckpt"
 EMU3_FAMILY, EMU35_FAMILY = "emu3", "emu3.5"
@@ -97,6 +98,10 @@ def read_config(folder: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a model config: expected a JSON object, got {type(data).__name__}")
+    absent = [part for part in HF_PARTS if part not in data]
+    if len(absent) == 1 or (absent and data.get("model_type") == HF_MODEL_TYPE):
+        raise CheckpointError(f"{path} is an incomplete -hf config: it needs {' and '.join(HF_PARTS)}, "
+                              f"and {' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing")
     return data
 
 
@@ -112,7 +117,7 @@ def _config_from(cls, data, path: Path, section: str | None = None):
 
 
 def is_hf_format(config: dict) -> bool:
-    return "text_config" in config and "vq_config" in config
+    return all(part in config for part in HF_PARTS)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -279,6 +284,9 @@ def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch
     from emu3.vision import ImageProcessor, VisionTokenizer
 
     folder = resolve(path)
+    if is_ibq_folder(folder):
+        raise CheckpointError(f"{folder} is an Emu3.5 (IBQ) vision tokenizer; an Emu3 one is needed here "
+                              f"(a {CONFIG} of model_type {VQ_MODEL_TYPE}, or a -hf folder)")
     config = read_config(folder)
     if is_hf_format(config):
         cfg = _config_from(VQConfig, config["vq_config"], folder / CONFIG, "vq_config")

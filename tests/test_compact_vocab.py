@@ -78,6 +78,9 @@ def test_folder_round_trip(compact, emu3_fixture, tmp_path):
     (tmp_path / "tok" / "vocab_map.json").write_text("{}")
     with pytest.raises(TokenizerError, match="format"):
         load_tokenizer(tmp_path / "tok")
+    (tmp_path / "tok" / "vocab_map.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(TokenizerError, match="cannot read .*vocab_map.json: 'utf-8' codec can't decode"):
+        load_tokenizer(tmp_path / "tok")
 
 
 def test_generation_prompt_in_compact_ids(compact):

@@ -111,6 +111,21 @@ def test_unreadable_and_misnumbered_tokenizer_files(tmp_path, emu3_fixture):
         Tokenizer.from_dir(folder)
 
 
+def test_truncated_tokenizer_files_are_named(tmp_path, emu3_fixture):
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    ranks = (emu3_fixture / "Emu3-tiny" / "emu3.tiktoken").read_text().splitlines()
+    vision = (emu3_fixture / "Emu3-tiny" / "emu3_vision_tokens.txt").read_text()
+    (folder / "emu3.tiktoken").write_text("\n".join(ranks[:100000]) + "\n")
+    (folder / "emu3_vision_tokens.txt").write_text(vision)
+    with pytest.raises(TokenizerError, match="emu3.tiktoken: expected 151643 BPE ranks, found 100000"):
+        Tokenizer.from_dir(folder)
+    (folder / "emu3.tiktoken").write_text("\n".join(ranks) + "\n")
+    (folder / "emu3_vision_tokens.txt").write_text(vision[:len(vision) // 2])  # cut inside a line
+    with pytest.raises(TokenizerError, match="emu3_vision_tokens.txt: the vision tokens must follow the image markers"):
+        Tokenizer.from_dir(folder)
+
+
 @pytest.mark.parametrize("vocab,added,match", [
     ([1, 2], None, "vocab.json: expected a JSON object"),
     ({"a": "0"}, None, "vocab.json: expected a JSON object"),

@@ -75,7 +75,7 @@ class CompactTokenizer:
         path = folder / VOCAB_MAP_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
             raise TokenizerError(f"cannot read {path}: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise TokenizerError(f"{path}: expected format {FORMAT!r}")

@@ -27,6 +27,7 @@ BASE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{k}
 VISUAL_TOKEN = re.compile(r"<\|visual token (\d{6})\|>")
 RANKS_FILE = "emu3.tiktoken"
 VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
+HF_TOKENIZER_FILE = "tokenizer.json"  # a -hf folder's, whose added tokens replace VISION_TOKENS_FILE
 
 
 class TokenizerError(ValueError):
@@ -53,7 +54,9 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
 
 def _check_ranks(ranks: dict[bytes, int], path: Path) -> None:
     """The ranks of a BPE file must be 0..NUM_BPE-1, each once: any other numbering gives wrong ids."""
-    if len(ranks) == NUM_BPE and set(ranks.values()) != set(range(NUM_BPE)):
+    if len(ranks) != NUM_BPE:
+        raise TokenizerError(f"{path}: expected {NUM_BPE} BPE ranks, found {len(ranks)} (is the file truncated?)")
+    if set(ranks.values()) != set(range(NUM_BPE)):
         raise TokenizerError(f"{path}: the BPE ranks are not exactly 0..{NUM_BPE - 1}, each once")
 
 
@@ -96,9 +99,8 @@ class Tokenizer:
     """Text <-> ids for Emu3-family checkpoints; special tokens are looked up, never parsed from text."""
 
     def __init__(self, ranks: dict[bytes, int], extra_specials: list[str]) -> None:
-        """`extra_specials`: the lines of emu3_vision_tokens.txt (image markers, then visual tokens)."""
-        if len(ranks) != NUM_BPE:
-            raise TokenizerError(f"expected {NUM_BPE} BPE ranks, found {len(ranks)}")
+        """`ranks`: the NUM_BPE BPE ranks (checked by `from_dir`'s readers); `extra_specials`: the lines of
+        emu3_vision_tokens.txt (image markers, then visual tokens)."""
         markers = [t for t in extra_specials if not VISUAL_TOKEN.fullmatch(t)]
         codebook = len(extra_specials) - len(markers)
         if extra_specials[len(markers):] != [f"<|visual token {c:06d}|>" for c in range(codebook)]:
@@ -127,20 +129,24 @@ class Tokenizer:
         else:
             raise TokenizerError(f"no tokenizer in {folder}: expected {RANKS_FILE} or vocab.json")
         if vision_file.is_file():
+            specials_file = vision_file
             try:
                 extra = [line for line in vision_file.read_text(encoding="utf-8").splitlines() if line]
             except (OSError, UnicodeDecodeError) as exc:
                 raise TokenizerError(f"cannot read {vision_file}: {exc}") from exc
         else:
-            extra = cls._specials_from_hf(folder)
-        return cls(ranks, extra)
+            specials_file, extra = folder / HF_TOKENIZER_FILE, cls._specials_from_hf(folder)
+        try:
+            return cls(ranks, extra)
+        except TokenizerError as exc:  # the image markers and visual tokens are out of order
+            raise TokenizerError(f"{specials_file}: {exc}") from None
 
     @staticmethod
     def _specials_from_hf(folder: Path) -> list[str]:
         """The image markers and visual tokens of a -hf folder (its `tokenizer.json` added tokens)."""
-        path = folder / "tokenizer.json"
+        path = folder / HF_TOKENIZER_FILE
         if not path.is_file():
-            raise TokenizerError(f"no {VISION_TOKENS_FILE} or tokenizer.json in {folder}")
+            raise TokenizerError(f"no {VISION_TOKENS_FILE} or {HF_TOKENIZER_FILE} in {folder}")
         try:
             added = json.loads(path.read_text(encoding="utf-8"))["added_tokens"]
             first = NUM_BPE + len(BASE_SPECIALS)

@@ -68,6 +68,29 @@ def test_fast_sampling_is_reproducible_per_seed(lm):
     assert a[1] == b[0] and a[0] != a[1]
 
 
+def test_a_seeded_image_does_not_depend_on_the_other_rows_grids(lm):
+    """Rows on a forced eol/eof drew noise too, so a 2x3 neighbour shifted a 2x2 row's later draws."""
+    kwargs = dict(vocab=VOCAB, sampling=SamplingConfig(), negative_prompts=[[42, 45, 44]], cfg_scale=2.0)
+    alone = generate_images(lm, [[42, 1, 45, 44]], [(2, 2)], seeds=[7], **kwargs)
+    for grids in ([(2, 2), (2, 3)], [(2, 2), (3, 1)], [(2, 2), (1, 5)]):
+        batched = generate_images(lm, [[42, 1, 45, 44], [42, 2, 3, 45, 44]], grids, seeds=[7, 8],
+                                  **{**kwargs, "negative_prompts": [[42, 45, 44]] * 2})
+        assert batched[0] == alone[0], grids
+
+
+def test_the_cache_holds_exactly_the_fed_tokens(lm):
+    """A prompt plus its image may fill the context to the last position: the final eos is never fed,
+    and speculative windows stop at it (they were given draft_len spare slots, refused near the limit)."""
+    grid = (14, 16)  # 14 * 17 + 3 = 241 tokens; context 256
+    prompt = [42] + [1] * 13 + [45, 44]  # 16 tokens: 16 + 241 - 1 = 256 positions fed
+    for draft_len in (0, 8, 40):
+        out = generate_images(lm, [prompt], [grid], vocab=VOCAB, sampling=GREEDY, draft_len=draft_len)
+        assert len(out[0]) == 241
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        generate_images(lm, [prompt + [1]], [grid], vocab=VOCAB, sampling=GREEDY)
+    assert plain(lm, [prompt], [grid], VOCAB, sampling=GREEDY) == out
+
+
 @pytest.mark.parametrize("draft_len", [0, 3])
 def test_fast_sampling_has_the_plain_distribution(lm, draft_len):
     """The first two visual tokens' marginals match the exact guided, masked distribution."""

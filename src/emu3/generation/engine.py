@@ -53,7 +53,7 @@ class ImageBatch:
     @classmethod
     def prepare(cls, model: Transformer, prompts: list[list[int]], grids: list[tuple[int, int]], *, vocab: Vocab,
                 sampling: SamplingConfig, negative_prompts: list[list[int]] | None, cfg_scale: float,
-                seeds: list[int] | None, extra_slots: int = 0) -> "ImageBatch":
+                seeds: list[int] | None) -> "ImageBatch":
         batch = len(prompts)
         if batch == 0 or len(grids) != batch:
             raise ValueError(f"need one grid per prompt, got {len(grids)} grids for {batch} prompts")
@@ -67,7 +67,8 @@ class ImageBatch:
         ids, offsets = left_pad(prompts + (negative_prompts if guided else []), vocab.pad, device)
         grid = ImageGrid(torch.tensor([g[0] for g in grids]), torch.tensor([g[1] for g in grids]), vocab)
         lengths = grid.num_tokens().tolist()
-        cache = KVCache.for_model(model, ids.shape[0], ids.shape[1] + max(lengths) + extra_slots)
+        # The last token (eos) is never fed, and a speculative window never reaches past it either.
+        cache = KVCache.for_model(model, ids.shape[0], ids.shape[1] + max(lengths) - 1)
         cache.pad_offsets = offsets
         visual_head = model.lm_head.weight[vocab.visual_base:vocab.visual_end]
         return cls(model, vocab, sampling, batch, guided, cfg_scale, ids, cache, grid, lengths,
@@ -132,7 +133,7 @@ def generate_images(
     if draft_len < 0:
         raise ValueError(f"draft_len must be >= 0, got {draft_len}")
     b = ImageBatch.prepare(model, prompts, grids, vocab=vocab, sampling=sampling, negative_prompts=negative_prompts,
-                           cfg_scale=cfg_scale, seeds=seeds, extra_slots=draft_len)
+                           cfg_scale=cfg_scale, seeds=seeds)
     if draft_len > 0:
         from emu3.generation.speculative import speculative_jacobi
 
@@ -143,11 +144,14 @@ def generate_images(
     for i in range(b.total):
         forced = b.forced(i + 1)[:, 0]  # (B,) on the host
         forced_dev = forced.to(b.device, non_blocking=True)
-        if bool((forced >= 0).all()):
+        free = (forced < 0).nonzero().flatten().tolist()
+        if not free:
             token = forced_dev
-        else:
-            token = sample(b.visual_scores(hidden), sampling, b.generators) + vocab.visual_base
-            token = torch.where(forced_dev >= 0, forced_dev, token)
+        else:  # only the free rows draw, so a row's seed gives its image whatever the other rows' grids
+            gens = None if b.generators is None else [b.generators[r] for r in free]
+            drawn = sample(b.visual_scores(hidden)[free], sampling, gens) + vocab.visual_base
+            token = forced_dev.clone()
+            token[free] = drawn
         out[:, i] = token
         if progress is not None:
             progress(i + 1, b.total)

@@ -74,7 +74,7 @@ def generate(
     device = model.lm_head.weight.device
     ids, offsets = left_pad(prompts + (negative_prompts if guided else []), pad_id, device)
     prompt_len = ids.shape[1]
-    cache = KVCache.for_model(model, ids.shape[0], prompt_len + max_new_tokens)
+    cache = KVCache.for_model(model, ids.shape[0], prompt_len + max_new_tokens - 1)  # the last token is not fed
     cache.pad_offsets = offsets
     generators = seeded_generators(seeds, batch, sampling, device)
 

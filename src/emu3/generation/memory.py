@@ -54,7 +54,7 @@ def plan_generation(cfg: LMConfig, *, dtype: torch.dtype, batch: int, prompt_len
     """
     e = torch.finfo(dtype).bits // 8
     rows = batch * (2 if guidance else 1)
-    slots = prompt_len + new_tokens + draft_len
+    slots = prompt_len + new_tokens - 1  # the cache of `generate_images`: the last token is never fed
     kv = 2 * cfg.num_layers * rows * cfg.num_kv_heads * slots * cfg.head_size * e
     q_width = cfg.num_heads * cfg.head_size
     tokens = rows * prompt_len

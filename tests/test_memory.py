@@ -9,7 +9,7 @@ import torch
 
 from emu3.config import lm_preset
 from emu3.generation import memory
-from emu3.generation.memory import MemoryPlan, check_fits, lm_weight_bytes, plan_generation
+from emu3.generation.memory import GiB, MemoryPlan, check_fits, lm_weight_bytes, plan_generation
 from emu3.model import KVCache, Transformer
 from tests.conftest import REPO
 
@@ -73,3 +73,12 @@ def test_8b_at_720_with_guidance_plan_is_about_20_gib():
     assert 15.8 < plan.weights / 2**30 < 15.9  # 8.49B parameters in bf16
     assert 2.0 < plan.kv_cache / 2**30 < 2.1
     assert 17 < plan.total / 2**30 < 19
+
+
+def test_cuda_memory_the_allocator_holds_unused_counts_as_free(monkeypatch):
+    """mem_get_info alone does not count blocks torch keeps cached from an earlier run, so a server
+    refused a second identical batch once the GPU was nearly full."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 20 * GiB)
+    assert memory.available_bytes(torch.device("cuda", 0)) == 12 * GiB

@@ -73,10 +73,12 @@ def plan_generation(cfg: LMConfig, *, dtype: torch.dtype, batch: int, prompt_len
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory on `device`: CUDA's free bytes, or the host's available memory."""
+    """Free memory on `device`: CUDA's free bytes plus what torch's caching allocator holds reserved but
+    unused (a long-running server keeps the blocks of earlier runs, which the next run reuses), or the
+    host's available memory."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)

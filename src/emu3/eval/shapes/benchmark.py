@@ -226,7 +226,7 @@ def eval_questions(n: int = DEFAULT_QUESTIONS, seed: int = 0, split: str = "held
     items = []
     for _ in range(n):
         scene = sample_captioned_scene(rng, split).scene
-        qa, = questions_for(scene, rng, 1)
+        qa, = questions_for(scene, rng, 1, split)  # the train split's questions name no held-out pair
         items.append(QuestionItem(render(scene, image_size), qa.question, qa.answer, qa.kind, qa.subject, qa.form))
     return items
 

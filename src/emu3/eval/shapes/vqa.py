@@ -3,7 +3,9 @@
 Answers are compared after normalisation: lower case, punctuation and articles ("a", "an", "the")
 removed, number words up to twenty written as digits ("two" -> "2"), a few synonyms mapped to the
 world's words ("middle" -> "center", "upper" -> "top", "big" -> "large"), plurals of shape names
-made singular, whitespace collapsed. A prediction matches when it equals the expected answer
+made singular, the words of the world's place phrases dropped ("on the left side" -> "left", "in the
+center" -> "center"), an edge cell named with "center" said as the edge ("center left" -> "left"),
+whitespace collapsed. A prediction matches when it equals the expected answer
 after normalisation, or the answer behind a stock lead ("it is red", "there are 2", "the answer
 is yes"). Nothing fuzzier: a model that says "red and blue" to "what color is the circle?" is wrong.
 
@@ -23,14 +25,17 @@ _REWRITES = {word: str(i) for i, word in enumerate(_NUMBER_WORDS)}
 _REWRITES |= {"none": "0", "middle": "center", "centre": "center", "upper": "top",
               "lower": "bottom", "big": "large", "little": "small", "yeah": "yes", "yep": "yes", "nope": "no"}
 _REWRITES |= {shape + "s": shape for shape in SHAPES}
-_ARTICLES = {"a", "an", "the"}
+_DROPPED = {"a", "an", "the", "on", "in", "at", "side"}  # articles, and the place phrases' other words
+_EDGES = {"top", "bottom", "left", "right"}
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
 
 def normalize_answer(text: str) -> str:
-    """Canonical form of a short answer: "Two." -> "2", "The Middle" -> "center", "Yes!" -> "yes"."""
+    """Canonical form of a short answer: "Two." -> "2", "In the Middle" -> "center", "Yes!" -> "yes"."""
     words = _PUNCTUATION.sub(" ", str(text).lower()).split()
-    words = [_REWRITES.get(w, w) for w in words if w not in _ARTICLES]
+    words = [_REWRITES.get(w, w) for w in words if w not in _DROPPED]
+    if len(words) == 2 and "center" in words and set(words) - {"center"} <= _EDGES:
+        words = [w for w in words if w != "center"]  # "center left" is the cell "left"
     return " ".join(words)
 
 

@@ -52,6 +52,16 @@ def test_ground_truth_scores_near_one(prompts, truth):
     assert min(scores.categories.values()) >= 0.95
 
 
+def test_ground_truth_scores_near_one_at_the_smallest_side_read(prompts):
+    """The analyzer claimed to read 16-pixel pictures; at 24 it failed 49 of 300 ground truths."""
+    from emu3.eval.shapes.analyze import MIN_SIDE
+
+    small = [render(scene_for(parse_caption(p.text), i), MIN_SIDE) for i, p in enumerate(prompts[:100])]
+    assert score_images(prompts[:100], small).overall >= 0.97
+    with pytest.raises(ValueError, match=f"at least {MIN_SIDE}x{MIN_SIDE}"):
+        analyze(render(prompts[0].scene, MIN_SIDE - 8))
+
+
 def test_shuffled_pairs_score_low(prompts, truth):
     shuffled = truth[1:] + truth[:1]
     assert score_images(prompts, shuffled).overall <= 0.3
@@ -96,9 +106,22 @@ def test_answer_normalisation():
     assert normalize_answer("Circles") == "circle" and normalize_answer("upper left") == "top left"
     assert answer_matches("It's red.", "red") and answer_matches("there are three", "3")
     assert not answer_matches("red and blue", "red") and not answer_matches("no", "yes")
+    for said, cell in [("in the center", "center"), ("in the middle", "center"), ("on the left", "left"),
+                       ("on the right side", "right"), ("at the top", "top"), ("it is on the left", "left"),
+                       ("top center", "top"), ("middle left", "left"), ("at the top left", "top left")]:
+        assert answer_matches(said, cell), said  # the world's own place phrases were scored wrong
+    assert not answer_matches("on the left", "top left") and not answer_matches("center left", "center")
     assert vqa_accuracy([("yes", "yes"), ("2", "two"), ("blue", "red"), ("square", "circle")]) == 0.5
     with pytest.raises(ValueError):
         vqa_accuracy([])
+
+
+def test_train_split_questions_name_no_held_out_composition():
+    """eval_questions drew held-out questions whatever the split ("is there a yellow triangle?")."""
+    from emu3.datasets.shapes import HELD_OUT_PAIRS
+
+    for item in eval_questions(400, seed=0, split="train"):
+        assert not any(f"{c} {s}" in item.question for c, s in HELD_OUT_PAIRS), item.question
 
 
 def test_answer_scoring_by_kind():

@@ -3,7 +3,7 @@
 A pixel takes an object's color when its centre falls inside the object's shape (see
 `world.shape_mask`), so every pixel is exactly one palette color and segmentation by color is
 clean. The default 64x64 is what a VQ tokenizer with an 8x spatial factor turns into an 8x8 grid;
-any side from 16 pixels up works.
+any side from 16 pixels up draws, and ShapesEval reads pictures from 32 (`analyze.MIN_SIDE`).
 
 This module does not place objects or draw video motion; it draws one scene at a time.
 """

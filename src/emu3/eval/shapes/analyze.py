@@ -14,7 +14,9 @@
 
 The result has the fields that claims are checked against (`background`, `objects` with `color`,
 `shape`, `size`, `x`, `y`), so `claim.holds(analyze(image))` scores a picture. Deterministic;
-pure numpy; square pictures of any side from 16 pixels. Objects of one color that touch merge
+pure numpy; square pictures of any side from 32 pixels (below that the erosion removes small
+triangles and circles fit as squares: rendered ground truth fails 49 of 300 prompts at 24 pixels,
+none at 32 or more). Objects of one color that touch merge
 into one. This module does not know about captions or models, and reads one picture at a time.
 """
 
@@ -30,7 +32,7 @@ from PIL import Image
 
 from emu3.datasets.shapes.world import COLORS, PALETTE, SHAPES, shape_mask, size_of
 
-MIN_SIDE = 16
+MIN_SIDE = 32
 MIN_BLOB_AREA = 0.005  # a quarter of the smallest object (a small triangle covers 0.02 of the picture)
 _RGB = np.array([PALETTE[c] for c in COLORS], dtype=np.float32)  # (K, 3)
 

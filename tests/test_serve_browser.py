@@ -92,6 +92,26 @@ def test_chat_with_an_uploaded_image(server, browser, tmp_path, emu3_fixture):
     screenshot(browser, tmp_path, "chat.png")
 
 
+def test_new_chat_during_a_reply_drops_that_turn(server, browser):
+    """The reply that finished after New chat was pushed into the new conversation's history, so the
+    next question was sent with a turn the page no longer showed."""
+    browser.get(server)
+    browser.find_element(By.ID, "tab-chat").click()
+    browser.execute_script("window.sent = []; const f = window.fetch; window.fetch = (url, opts) => {"
+                           " if (opts && opts.body) window.sent.push(JSON.parse(opts.body)); return f(url, opts); };")
+    browser.find_element(By.ID, "chat-text").send_keys("first question")
+    # Send, then New chat before the reply can arrive (the submit handler is awaiting its fetch).
+    browser.execute_script("document.getElementById('chat-send').click(); document.getElementById('chat-reset').click();")
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "chat-send").is_enabled())
+    assert not browser.find_elements(By.CSS_SELECTOR, ".bubble")
+    browser.find_element(By.ID, "chat-text").send_keys("second question")
+    browser.find_element(By.ID, "chat-send").click()
+    WebDriverWait(browser, 60).until(lambda d: len(d.execute_script("return window.sent")) == 2
+                                     and d.find_element(By.ID, "chat-send").is_enabled())
+    second = browser.execute_script("return window.sent")[1]["messages"]
+    assert [m["content"][0]["text"] for m in second] == ["second question"]
+
+
 def test_fits_a_phone_screen(server, browser, tmp_path):
     browser.set_window_size(390, 844)
     try:

@@ -29,8 +29,8 @@ function headers() {
 }
 
 // POST a JSON body; a non-2xx answer becomes an Error carrying the server's message.
-async function post(path, body) {
-  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body) });
+async function post(path, body, signal) {
+  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try { message = (await response.json()).error.message; } catch (_) { /* not our JSON error */ }
@@ -173,6 +173,7 @@ $("generate-form").addEventListener("submit", async (event) => {
 
 let history = [];      // OpenAI-style messages of the conversation so far
 let attached = [];     // data URIs of images waiting to be sent
+let replying = null;   // the AbortController of the reply being streamed, if any
 
 function bubble(role, text, images = []) {
   const div = document.createElement("div");
@@ -212,6 +213,7 @@ $("chat-images").addEventListener("change", async (event) => {
 });
 
 $("chat-reset").addEventListener("click", () => {
+  if (replying) replying.abort();  // a reply still streaming belongs to the old conversation
   history = [];
   attached = [];
   $("chat-log").replaceChildren();
@@ -232,10 +234,12 @@ $("chat-form").addEventListener("submit", async (event) => {
   send.disabled = true;
   const answer = bubble("assistant", "");
   let reply = "";
+  const controller = new AbortController();
+  replying = controller;
   try {
     const response = await post("/v1/chat/completions", {
       messages: [...history, message], stream: true, max_tokens: Number($("max-tokens").value) || 256,
-    });
+    }, controller.signal);
     await readEvents(response, (_, data) => {
       if (data === "[DONE]") return;
       const chunk = JSON.parse(data);
@@ -243,11 +247,13 @@ $("chat-form").addEventListener("submit", async (event) => {
       const delta = chunk.choices.length ? chunk.choices[0].delta.content : "";
       if (delta) { reply += delta; answer.textContent = reply; }
     });
-    history.push(message, { role: "assistant", content: reply });
+    if (!controller.signal.aborted) history.push(message, { role: "assistant", content: reply });
   } catch (err) {
+    if (controller.signal.aborted) return;  // New chat: the turn is dropped with its bubbles
     answer.parentElement.classList.add("error");
     answer.textContent = `Error: ${err.message}`;
   } finally {
+    if (replying === controller) replying = null;
     send.disabled = false;
   }
 });

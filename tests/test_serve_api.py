@@ -64,7 +64,7 @@ def photo(emu3_fixture) -> Image.Image:
 
 def test_health_models_openapi_and_page(client):
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["model"] == "emu3-tiny"
+    assert health["status"] == "ok" and health["model"] == "emu3-tiny" and health["max_images"] == LIMITS["max_n"]
     assert health["queue"]["capacity"] == 16 and "batches" in health["stats"]
     assert client.get("/v1/models").json()["data"][0]["id"] == "emu3-tiny"
     paths = client.get("/openapi.json").json()["paths"]

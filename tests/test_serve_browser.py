@@ -112,6 +112,15 @@ def test_new_chat_during_a_reply_drops_that_turn(server, browser):
     assert [m["content"][0]["text"] for m in second] == ["second question"]
 
 
+def test_the_images_menu_offers_no_more_than_a_request_may_ask(browser, emu3_fixture):
+    """The menu offered 1-4 whatever --max-batch-images said, and 3 or 4 were then refused."""
+    with server_process(["--model", str(emu3_fixture / "Emu3-tiny"), "--device", "cpu",
+                         "--max-batch-images", "2"]) as url:
+        browser.get(url)
+        WebDriverWait(browser, 10).until(
+            lambda d: d.execute_script("return document.getElementById('count').options.length") == 2)
+
+
 def test_fits_a_phone_screen(server, browser, tmp_path):
     browser.set_window_size(390, 844)
     try:

@@ -56,7 +56,7 @@ def create_app(m: Emu3, settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health", response_model=Health, summary="Liveness, queue and counters")
     async def health() -> Health:
-        return Health(model=settings.model_name, **worker.snapshot())
+        return Health(model=settings.model_name, max_images=settings.max_n, **worker.snapshot())
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -155,5 +155,6 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     model: str
+    max_images: int  # the most images one request may ask for (`n`)
     queue: dict
     stats: dict

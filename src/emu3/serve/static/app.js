@@ -260,6 +260,15 @@ $("chat-form").addEventListener("submit", async (event) => {
 
 // ---- the model's name, from the API --------------------------------------------------------------
 
+// The Images menu offers no more than one request may ask for (`--max-batch-images` may cap it below 4).
+fetch("/health", { headers: headers() })
+  .then((r) => (r.ok ? r.json() : null))
+  .then((health) => {
+    if (!health) return;
+    for (const option of [...$("count").options]) if (Number(option.value) > health.max_images) option.remove();
+  })
+  .catch(() => {});
+
 fetch("/v1/models", { headers: headers() })
   .then((r) => (r.ok ? r.json() : null))
   .then((list) => { if (list) $("model-name").textContent = `Model: ${list.data[0].id}`; })

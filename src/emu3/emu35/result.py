@@ -27,6 +27,7 @@ from PIL import Image
 
 from emu3.emu35.prompts import SizeHeader, parse_image_ids
 from emu3.emu35.viewer import render_html
+from emu3.output_folder import refuse_foreign_files
 from emu3.tokenizer import Tokenizer
 from emu3.vocab import EMU35, EMU35_MARKERS, Emu35Markers, Vocab
 
@@ -161,16 +162,7 @@ def _recorded(folder: Path) -> set[str]:
 def check_output_folder(folder: str | Path) -> None:
     """Refuse an output folder that holds files a response would overwrite but no earlier response wrote."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"-o {folder} exists and is not a folder")
-    if not folder.is_dir():
-        return
-    ours = _recorded(folder)
-    foreign = sorted(p.name for p in folder.iterdir() if _WRITTEN.fullmatch(p.name) and p.name not in ours)
-    if foreign:
-        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise ValueError(f"-o {folder} holds files this did not write ({foreign[0]}{more}); "
-                         "choose another folder or move them away")
+    refuse_foreign_files(folder, _WRITTEN, _recorded(folder))
 
 
 def _save_images(images: Sequence[Image.Image | None], folder: Path, stem: str) -> list[str]:

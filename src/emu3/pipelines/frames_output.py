@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from emu3.output_folder import refuse_foreign_files
+
 ANIMATED = (".gif", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 FRAME_NAME = "frame_{:05d}.png"
@@ -58,14 +60,6 @@ def _record(folder: Path, count: int) -> None:
     (folder / FRAMES_RECORD).write_text(json.dumps({"format": FORMAT, "frames": count}) + "\n")
 
 
-def _foreign_frames(folder: Path) -> list[str]:
-    """Frame files in `folder` that this project did not write, sorted."""
-    if not folder.is_dir():
-        return []
-    ours = {FRAME_NAME.format(i) for i in range(_written_by_us(folder))}
-    return sorted(p.name for p in folder.iterdir() if FRAME_PATTERN.fullmatch(p.name) and p.name not in ours)
-
-
 def check_frames_output(out: str | Path, count: int) -> None:
     """Refuse an output that `save_frames` would not write as asked for `count` frames."""
     out = Path(out)
@@ -79,11 +73,8 @@ def check_frames_output(out: str | Path, count: int) -> None:
                          "or a .gif or .webp file")
     if out.exists() and not out.is_dir():
         raise ValueError(f"-o {out} exists and is not a folder; {count} frames go to a folder, or a .gif or .webp file")
-    foreign = _foreign_frames(out)
-    if foreign:
-        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise ValueError(f"-o {out} holds frame files this did not write ({foreign[0]}{more}); "
-                         "choose another folder or move them away")
+    ours = {FRAME_NAME.format(i) for i in range(_written_by_us(out))}
+    refuse_foreign_files(out, FRAME_PATTERN, ours, "frame files")
 
 
 def save_frames(frames: list[Image.Image], out: str | Path) -> Path:

@@ -50,10 +50,11 @@ def test_generate_picks_emu35_from_the_checkpoint(capsys, tmp_path, lm_dir):
     out = run_json(capsys, ["generate", "a red cat", "--model", lm_dir, "--image-area", "4096", "--max-new-tokens",
                             "26", "--seed", "3", "--batch", "2", "-o", str(tmp_path / "cat.png")])
     assert out["images"] == [str(tmp_path / "cat_0.png"), str(tmp_path / "cat_1.png")]
-    assert out["grid"] == [4, 4] and out["seeds"] == [3, 4]
+    # The official t2i default is the "default" preset, 4:3 (55x73 tokens at 1024x1024 pixels, here 1/16 of that)
+    assert out["grid"] == [3, 5] and out["seeds"] == [3, 4]
     for ids in out["token_ids"]:
         assert ids[-1] == EMU35.eoi and ids.count(EMU35.boi) == 1 and len(ids) <= 26
-    assert Image.open(tmp_path / "cat_1.png").size == (64, 64)
+    assert Image.open(tmp_path / "cat_1.png").size == (80, 48)
 
 
 def test_edit_follows_the_reference_size(capsys, tmp_path, lm_dir, reference, loaded):
@@ -118,7 +119,7 @@ def test_readme_emu35_commands_run(capsys, tmp_path, monkeypatch, emu35_fixture,
         out = argv.index("-o") + 1
         argv[out] = str(tmp_path / argv[out])
         assert main(argv[1:] + ["--quiet"]) == 0, capsys.readouterr().err
-    assert Image.open(tmp_path / "cat.png").size == (64, 64)
+    assert Image.open(tmp_path / "cat.png").size == (80, 48)  # the official default ratio, 4:3
     assert (tmp_path / "story" / "index.html").is_file()
 
 

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     _add_common(gen)
     gen.add_argument("-o", "--output", required=True, help="output image (with --batch N: name_0.png ...)")
-    gen.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1; Emu3.5: a preset or auto)")
+    gen.add_argument("--ratio", default=None, help="aspect ratio W:H (default 1:1; Emu3.5: a preset or auto, default "
+                     "4:3, the official t2i default)")
     gen.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
                      help="pixel area (default: the model's image_area)")
     gen.add_argument("--cfg", type=GUIDANCE, default=None,
@@ -311,7 +312,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     m = _load(args)
     bar = ProgressBar("generate", not args.quiet)
     result = text_to_image(
-        m, args.prompt, ratio=args.ratio, image_area=args.image_area, cfg=args.cfg,
+        m, args.prompt, ratio=args.ratio or "1:1", image_area=args.image_area, cfg=args.cfg,
         positive_prompt=args.positive_prompt, negative_prompt=args.negative_prompt, sampling=_sampling(args, m),
         seed=args.seed, num_images=args.batch, progress=bar, draft_len=args.speculative,
     )

@@ -50,7 +50,7 @@ def run_task(
 ) -> list[InterleavedResult]:
     """Run one task on a prompt and its reference images; one result per sample.
 
-    `ratio` ("1:1", "16:9", ..., "auto"; t2i only, default "1:1") picks the grid; `image_area`
+    `ratio` ("1:1", "16:9", ..., "auto"; t2i only, default "default", the official 4:3) picks the grid; `image_area`
     (pixels) sizes the references and the t2i grid; `steps` asks howto for that many steps.
     """
     settings = task_settings(task) if isinstance(task, str) else task
@@ -62,7 +62,7 @@ def run_task(
     if grids:
         size = tuple(grids[-1].shape)
     elif settings.name == "t2i":
-        size = image_grid(ratio or "1:1", settings.image_area)
+        size = image_grid(ratio or "default", settings.image_area)
     else:
         size = None
     question = howto_question(prompt, steps) if settings.name == "howto" else prompt

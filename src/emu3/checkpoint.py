@@ -263,18 +263,28 @@ def _siblings(lm_folder: Path) -> list[Path]:
 
 
 def find_vision_tokenizer(lm_folder: Path) -> Path:
-    """The vision tokenizer for an LM folder: itself if -hf, else a sibling folder of type Emu3VisionVQ."""
+    """The vision tokenizer for an LM folder: itself if -hf, else its one sibling folder of type
+    Emu3VisionVQ. Several such siblings are refused rather than one picked by name."""
     if is_hf_format(read_config(lm_folder)):
         return lm_folder
-    for sibling in _siblings(lm_folder):
-        if (sibling / CONFIG).is_file():
-            try:
-                if read_config(sibling).get("model_type") == VQ_MODEL_TYPE:
-                    return sibling
-            except CheckpointError:  # a neighbour that is not a checkpoint of ours
-                continue
-    raise CheckpointError(f"no vision tokenizer found next to {lm_folder}; pass its folder explicitly "
-                          "(--vision-tokenizer DIR)")
+    found = [sibling for sibling in _siblings(lm_folder) if _is_vision_tokenizer(sibling)]
+    if len(found) > 1:
+        raise CheckpointError(f"{len(found)} vision tokenizers next to {lm_folder} ({', '.join(p.name for p in found)}); "
+                              "pass the one that belongs to it (--vision-tokenizer DIR)")
+    if not found:
+        raise CheckpointError(f"no vision tokenizer found next to {lm_folder}; pass its folder explicitly "
+                              "(--vision-tokenizer DIR)")
+    return found[0]
+
+
+def _is_vision_tokenizer(folder: Path) -> bool:
+    """Whether `folder` holds a config of an original-layout Emu3 vision tokenizer."""
+    if not (folder / CONFIG).is_file():
+        return False
+    try:
+        return read_config(folder).get("model_type") == VQ_MODEL_TYPE
+    except CheckpointError:  # a neighbour that is not a checkpoint of ours
+        return False
 
 
 def load_vision_tokenizer(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,

@@ -244,6 +244,15 @@ def test_vision_tokenizer_search_skips_neighbours_that_are_not_checkpoints(emu3_
     assert checkpoint.find_vision_tokenizer(tmp_path / "lm") == tmp_path / "vq"
 
 
+def test_two_vision_tokenizers_beside_the_lm_are_refused_not_picked_by_name(emu3_fixture, tmp_path):
+    shutil.copytree(emu3_fixture / "Emu3-tiny", tmp_path / "lm")
+    for name in ("vq-a", "vq-b"):
+        shutil.copytree(emu3_fixture / "Emu3-VisionTokenizer-tiny", tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"2 vision tokenizers next to .*lm \(vq-a, vq-b\); pass the one that "
+                                              r"belongs to it \(--vision-tokenizer DIR\)"):
+        checkpoint.find_vision_tokenizer(tmp_path / "lm")
+
+
 def test_building_on_meta_skips_initialisation_and_loading_imports_no_compiler(emu3_fixture):
     from emu3.model.meta import build_on_meta
 
@@ -259,3 +268,25 @@ def test_building_on_meta_skips_initialisation_and_loading_imports_no_compiler(e
             f"print([m for m in {slow!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_vision_tokens_file_cut_short_is_named_in_the_vocabulary_mismatch(emu3_fixture, tmp_path):
+    from emu3 import Emu3
+
+    lm = tmp_path / "Emu3-tiny"
+    shutil.copytree(emu3_fixture / "Emu3-tiny", lm)
+    lines = (lm / "emu3_vision_tokens.txt").read_text().splitlines()
+    (lm / "emu3_vision_tokens.txt").write_text("\n".join(lines[:103]) + "\n")  # cut at a line end
+    with pytest.raises(CheckpointError, match=r"Emu3-tiny: the tokenizer has \d+ tokens but the model's vocabulary "
+                                              r"is \d+; 100 of the tokenizer's are visual tokens listed in "
+                                              r"emu3_vision_tokens.txt: is it complete\?"):
+        Emu3.load(lm, emu3_fixture / "Emu3-VisionTokenizer-tiny")
+
+
+def test_a_vision_tokenizer_of_another_codebook_is_not_a_pair(emu3_fixture):
+    from emu3 import Emu3
+    from emu3.bundled import VISION_TOKENIZER_DIR
+
+    with pytest.raises(CheckpointError, match=r"the vision tokenizer .*vision-tokenizer has 1024 codes but the "
+                                              r"language model .*Emu3-tiny has 32768 visual tokens: they are not a pair"):
+        Emu3.load(emu3_fixture / "Emu3-tiny", VISION_TOKENIZER_DIR)

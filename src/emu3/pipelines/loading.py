@@ -16,9 +16,18 @@ from PIL import Image
 from emu3 import checkpoint
 from emu3.compact_vocab import CompactTokenizer, load_tokenizer
 from emu3.model import Transformer
-from emu3.tokenizer import Tokenizer
+from emu3.tokenizer import HF_TOKENIZER_FILE, VISION_TOKENS_FILE, Tokenizer
 from emu3.vision import ImageProcessor, VisionTokenizer
 from emu3.vocab import EMU3, Vocab
+
+
+def _visual_tokens_source(folder, tokenizer: Tokenizer | CompactTokenizer) -> str:
+    """Where an official tokenizer's visual tokens were listed, to name in a size mismatch: a file cut
+    short at a line end still reads, as a smaller codebook."""
+    if isinstance(tokenizer, CompactTokenizer):
+        return ""
+    listed = VISION_TOKENS_FILE if (folder / VISION_TOKENS_FILE).is_file() else HF_TOKENIZER_FILE
+    return f"; {tokenizer.codebook_size} of the tokenizer's are visual tokens listed in {listed}: is it complete?"
 
 
 @dataclass
@@ -48,8 +57,8 @@ class Emu3:
             lm = checkpoint.load_lm(folder, dtype=dtype, device=device, quantize=quantize)
             if tokenizer.vocab_size != lm.config.vocab_size:
                 raise checkpoint.CheckpointError(
-                    f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
-                    f"is {lm.config.vocab_size}")
+                    f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+                    f"{lm.config.vocab_size}{_visual_tokens_source(folder, tokenizer)}")
         if vision_tokenizer is None:
             raise ValueError("give a model folder, a vision tokenizer folder, or both")
         vq, processor = checkpoint.load_vision_tokenizer(vision_tokenizer, dtype=vq_dtype, device=device)

@@ -6,7 +6,10 @@
 Measures our fast image loop (guidance batched in one forward, visual-slice head) and, with
 `--compare-transformers`, transformers' Emu3 port on the same weights, prompt, guidance and grid
 constraint (its `generate` with `guidance_scale`, `negative_prompt_ids` and the official
-prefix-constraint callback). Reports tokens/s, seconds per image, forwards per image, peak memory.
+prefix-constraint callback). Each is timed the same way (best of `--repeats` runs after a warm-up)
+and reports tokens/s, seconds per image and its own peak memory: the process's during its runs (the
+GPU's allocated peak, or the resident set on a CPU), weights included. Ours also reports model
+forwards per image (the batch's forwards over its images).
 """
 
 from __future__ import annotations
@@ -29,10 +32,20 @@ PROMPT = [EMU3.bos] + list(range(1000, 1012)) + [EMU3.boi, 23, 9, 23, EMU3.img] 
 NEGATIVE = [EMU3.bos] + list(range(2000, 2008)) + [EMU3.boi, 23, 9, 23, EMU3.img]
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mb` at the memory held now."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with open("/proc/self/clear_refs", "w") as f:  # "5": VmHWM back to the current resident memory
+            f.write("5")
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """The peak since the last `reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    with open("/proc/self/status") as f:  # VmHWM: this program's peak resident memory, in kB
+    with open("/proc/self/status") as f:  # VmHWM: peak resident memory (since the reset), in kB
         fields = dict(line.split(":", 1) for line in f)
     return int(fields["VmHWM"].split()[0]) / 1024
 
@@ -62,6 +75,7 @@ def run_ours(model, args) -> dict:
         return step(*a)
 
     kwargs = dict(vocab=EMU3, sampling=sampling, negative_prompts=[NEGATIVE] * args.batch, cfg_scale=args.cfg)
+    reset_peak_memory(args.device)
     generate_images(model, [PROMPT] * args.batch, [(h, w)] * args.batch, step_fn=counting, seeds=[0] * args.batch,
                     **kwargs)  # warm-up (and compilation)
     sync(args.device)
@@ -77,8 +91,8 @@ def run_ours(model, args) -> dict:
     tokens = sum(len(o) for o in out)
     return {"tokens_per_s": tokens / seconds, "seconds_per_image": seconds / args.batch,
             # one prefill, then the decode steps, each for the whole batch
-            "seconds_per_batch": seconds, "forwards_per_image": forwards + 1,
-            "tokens_per_image": tokens / args.batch}
+            "seconds_per_batch": seconds, "forwards_per_image": (forwards + 1) / args.batch,
+            "tokens_per_image": tokens / args.batch, "peak_memory_mb": peak_memory_mb(args.device)}
 
 
 def run_transformers(model, args) -> dict:
@@ -92,7 +106,8 @@ def run_transformers(model, args) -> dict:
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, pad_token_id=cfg.pad_token_id,
         attention_dropout=0.0)
     hf = transformers.Emu3ForCausalLM(text_cfg).to(device=args.device, dtype=args.dtype).eval()
-    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
+    # assign: it shares our weights, so each implementation's peak memory holds one copy of them
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False, assign=True)
     if [k for k in missing if "rotary" not in k] or unexpected:
         raise RuntimeError(f"weights did not map onto transformers: {missing} {unexpected}")
     h, w = args.grid
@@ -113,16 +128,20 @@ def run_transformers(model, args) -> dict:
                   negative_prompt_ids=torch.tensor([NEGATIVE] * args.batch, device=args.device),
                   prefix_allowed_tokens_fn=allowed, attention_mask=torch.ones_like(ids), pad_token_id=EMU3.pad,
                   eos_token_id=EMU3.eos)
+    reset_peak_memory(args.device)
+    times = []
     with torch.inference_mode():
         hf.generate(ids, **kwargs)  # warm-up
         sync(args.device)
-        start = time.perf_counter()
-        out = hf.generate(ids, **kwargs)
-        sync(args.device)
-    seconds = time.perf_counter() - start
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = hf.generate(ids, **kwargs)
+            sync(args.device)
+            times.append(time.perf_counter() - start)
+    seconds = min(times)
     tokens = (out.shape[1] - ids.shape[1]) * args.batch
     return {"tokens_per_s": tokens / seconds, "seconds_per_image": seconds / args.batch,
-            "tokens_per_image": tokens / args.batch}
+            "tokens_per_image": tokens / args.batch, "peak_memory_mb": peak_memory_mb(args.device)}
 
 
 def main(argv=None) -> int:
@@ -150,7 +169,6 @@ def main(argv=None) -> int:
     if args.compare_transformers:
         result["transformers"] = run_transformers(model, args)
         result["speedup_tokens_per_s"] = result["emu3"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
-    result["peak_memory_mb"] = peak_memory_mb(args.device)
     json.dump(result, sys.stdout, indent=1)
     print()
     return 0

@@ -3,15 +3,17 @@
     python benchmarks/main_job.py --runs 3
 
 Each run starts fresh processes, as a newcomer's shell does: `emu3 generate "a red circle above a blue
-square" -o OUT` then `emu3 chat --image OUT "what color is the circle?"` (the bundled model unless
-`--model` and `--vision-tokenizer` are given; seed 0). A last process times the phases inside one
-interpreter: importing emu3's pipelines (torch included), loading the model, generating, answering.
+square" -o OUT` then `emu3 chat --image OUT "what color is the circle?"` (seed 0; the bundled model
+unless `--model` is given, with the vision tokenizer found beside it unless `--vision-tokenizer` is).
+A last process times the phases inside one interpreter: importing emu3's pipelines (torch included),
+loading the model, generating, answering. A failing process stops the benchmark with its stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -28,9 +30,9 @@ start = time.perf_counter()
 from emu3.pipelines.loading import Emu3
 from emu3.pipelines.text_to_image import text_to_image
 from emu3.pipelines.understanding import answer
-from emu3.bundled import model_or_bundled, vision_tokenizer_or_bundled
+from emu3.bundled import model_or_bundled
 imported = time.perf_counter()
-m = Emu3.load(model_or_bundled(sys.argv[1] or None), vision_tokenizer_or_bundled(sys.argv[2] or None))
+m = Emu3.load(model_or_bundled(sys.argv[1] or None), sys.argv[2] or None)
 loaded = time.perf_counter()
 image = text_to_image(m, sys.argv[3], seed=0).images[0]
 generated = time.perf_counter()
@@ -41,9 +43,18 @@ print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "ge
 """
 
 
-def timed(argv: list[str]) -> float:
+def run(argv: list[str], what: str) -> str:
+    """The stdout of `argv`; if it fails, exit with `what`, its exit status and its stderr."""
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{what} failed (exit status {done.returncode}):\n{done.stderr.rstrip()}")
+    return done.stdout
+
+
+def timed_emu3(args: list[str]) -> float:
+    """Seconds of a fresh `emu3 ARGS` process."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
+    run([sys.executable, "-m", "emu3", *args], shlex.join(["emu3", *args]))
     return time.perf_counter() - start
 
 
@@ -59,11 +70,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "out.png")
         for _ in range(args.runs):
-            generate.append(timed([sys.executable, "-m", "emu3", "generate", PROMPT, "-o", out, "--seed", "0",
-                                   "--quiet", *model]))
-            chat.append(timed([sys.executable, "-m", "emu3", "chat", "--image", out, QUESTION, "--quiet", *model]))
-    phases = subprocess.run([sys.executable, "-c", PHASES, args.model or "", args.vision_tokenizer or "", PROMPT,
-                             QUESTION], check=True, capture_output=True, text=True).stdout
+            generate.append(timed_emu3(["generate", PROMPT, "-o", out, "--seed", "0", "--quiet", *model]))
+            chat.append(timed_emu3(["chat", "--image", out, QUESTION, "--quiet", *model]))
+    phases = run([sys.executable, "-c", PHASES, args.model or "", args.vision_tokenizer or "", PROMPT, QUESTION],
+                 "the phase timing")
     print(json.dumps({
         "runs": args.runs, "generate_s": [round(t, 2) for t in generate], "chat_s": [round(t, 2) for t in chat],
         "generate_median_s": round(statistics.median(generate), 2), "chat_median_s": round(statistics.median(chat), 2),

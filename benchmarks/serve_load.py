@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import statistics
 import struct
 import sys
@@ -84,8 +85,9 @@ def check(body: dict, prompt: str, seed: int, n: int) -> str | None:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank `q`th percentile: the smallest value with at least q% of `values` at or below it."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+    return ordered[max(0, math.ceil(q * len(ordered) / 100) - 1)]
 
 
 def run(url: str, args: argparse.Namespace) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from collections import defaultdict
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 
 from emu3.bundled import vision_tokenizer_or_bundled
 from emu3.checkpoint import load_vision_tokenizer
+from emu3.datasets.shapes import write_dataset
 from emu3.datasets.shapes.render import render
 from emu3.eval.shapes.benchmark import eval_prompts
 from emu3.pipelines.reconstruct import reconstruct
@@ -44,15 +46,10 @@ def main() -> None:
     p.add_argument("--psnr-pictures", type=int, default=100, help="held-out ShapesEval pictures for PSNR")
     a = p.parse_args()
     vq, processor = load_vision_tokenizer(vision_tokenizer_or_bundled(a.vision_tokenizer))
-    if a.data is None:
-        import tempfile
-
-        from emu3.datasets.shapes import write_dataset
-
-        a.data = str(write_dataset(tempfile.mkdtemp(), n_images=a.pictures, n_vqa=0, n_videos=0, seed=1,
-                                   image_size=64))
-    records = read_media(a.data)[0][:a.pictures]
-    codes, deviation, color = patch_codes(vq, processor, records)
+    with tempfile.TemporaryDirectory() as tmp:  # holds the Shapes dataset written when no --data is given
+        data = a.data or str(write_dataset(tmp, n_images=a.pictures, n_vqa=0, n_videos=0, seed=1, image_size=64))
+        records = read_media(data)[0][:a.pictures]
+        codes, deviation, color = patch_codes(vq, processor, records)
     flat = deviation < 0.5 / 255  # one color (up to the float rounding of preprocessing)
     by_color: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for code, rgb in zip(codes[flat].tolist(), (color[flat] * 255).round().int().tolist()):

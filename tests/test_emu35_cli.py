@@ -94,7 +94,11 @@ def test_chat_answers_in_text_only(capsys, lm_dir, reference, loaded):
     (["story", "x", "--image-area", "4", "--image", "REF", "-o", "out"], "too small"),
     # A reference area whose grid cannot fit the context is refused before the pixels are resized.
     (["chat", "x", "--image-area", "1000000000000", "--image", "REF"], "more than the model's context"),
-    (["chat", "x", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    # A budget the model's context cuts short says so, rather than asking for a larger --max-new-tokens.
+    (["edit", "x", "--image", "REF", "--image-area", "301056", "--max-new-tokens", "100000", "-o", "e.png"],
+     "new tokens cannot hold a (28, 42) image, which needs 1211 (the model's context of 2048 leaves only that after the prompt"),
+    (["story", "x", "--greedy", "--text-top-k", "5", "--image-temperature", "0.5", "-o", "out"],
+     "sampling options (--text-top-k, --image-temperature) do nothing with --greedy"),
     (["edit", "x", "-o", "edited", "--image", "REF"], "-o edited: no suffix names no image format"),
 ])
 def test_bad_requests_exit_2_with_a_message(capsys, lm_dir, reference, loaded, argv, message):
@@ -148,3 +152,45 @@ def test_story_refuses_a_folder_of_the_users_images_before_loading(capsys, tmp_p
     assert main(["story", "a fox", "--model", "/nonexistent", "-o", str(tmp_path), "--quiet"]) == 2
     assert "holds files this did not write (image_00.png)" in capsys.readouterr().err
     assert (tmp_path / "image_00.png").read_bytes() == b"the user's"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["chat", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["generate", "x", "--max-new-tokens", "-3", "-o", "x.png"], "--max-new-tokens"),
+    (["story", "x", "--max-new-tokens", "-5", "-o", "out"], "--max-new-tokens"),
+    (["howto", "x", "--steps", "0", "-o", "out"], "--steps"),
+])
+def test_counts_below_one_are_refused_before_loading(capsys, argv, flag):
+    with pytest.raises(SystemExit) as done:
+        main(argv + ["--model", "/nonexistent"])
+    assert done.value.code == 2
+    assert f"{flag} is a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_a_cmyk_reference_is_saved_with_the_response(capsys, tmp_path, lm_dir, reference, loaded):
+    """Pillow cannot write CMYK as PNG: the story used to fail after generating, writing nothing."""
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(reference).convert("CMYK").save(cmyk)
+    run_json(capsys, ["story", "a fox", "--image", str(cmyk), "--model", lm_dir, "--image-area", "6144",
+                      "--max-new-tokens", "8", "--seed", "1", "-o", str(tmp_path / "story")])
+    saved = Image.open(tmp_path / "story" / "reference_00.png")
+    assert saved.mode == "RGB" and saved.size == (96, 64)
+
+
+def test_a_batch_keeps_its_finished_images_when_one_sample_has_none(tmp_path):
+    from types import SimpleNamespace
+
+    from emu3.emu35.cli import _save_single_images
+
+    picture = Image.new("RGB", (16, 16), "red")
+    results = [SimpleNamespace(images=[picture], seed=4, stopped="image"),
+               SimpleNamespace(images=[], seed=5, stopped="length"),
+               SimpleNamespace(images=[], seed=6, stopped="eos")]
+    with pytest.raises(ValueError) as error:
+        _save_single_images(results, str(tmp_path / "cat.png"))
+    assert str(error.value) == (
+        "no complete image was generated: the model ended its response without drawing one (seeds [6]); the image "
+        "did not fit in the token budget (seeds [5]): raise --max-new-tokens; the others were saved: "
+        f"{tmp_path / 'cat_0.png'}")
+    assert Image.open(tmp_path / "cat_0.png").getpixel((0, 0)) == (255, 0, 0)
+    assert not (tmp_path / "cat_1.png").exists() and not (tmp_path / "cat_2.png").exists()

@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch", type=int, default=1, help="number of images")
     gen.add_argument("--speculative", type=int, default=0, metavar="N",
                      help="speculative Jacobi decoding with N draft tokens per forward (0: off)")
-    gen.add_argument("--max-new-tokens", type=int, default=None, help="Emu3.5 only: token budget (default 5120)")
+    gen.add_argument("--max-new-tokens", type=whole_number("--max-new-tokens", 1), default=None,
+                     help="Emu3.5 only: token budget (default 5120)")
     _add_sampling(gen, top_k=None, greedy_default=False, guided=True)
     gen.set_defaults(run=cmd_generate)
 
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("question")
     _add_common(chat)
     chat.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
-    chat.add_argument("--max-new-tokens", type=int, default=1024,
+    chat.add_argument("--max-new-tokens", type=whole_number("--max-new-tokens", 1), default=1024,
                       help="most tokens in the answer (default 1024, fewer where the model's context ends)")
     chat.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
                       help="Emu3.5 only: pixel area of the images")

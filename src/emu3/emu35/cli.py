@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--image", action="append", default=[], help="a reference image (repeat for several)")
         p.add_argument("-o", "--output", required=True, help="output folder (images, result.json, index.html)")
         if task == "howto":
-            p.add_argument("--steps", type=int, default=None, help="ask for this many steps")
+            p.add_argument("--steps", type=whole_number("--steps", 1), default=None, help="ask for this many steps")
         _add_options(p)
         p.set_defaults(run=cmd_interleaved, task=task)
 
@@ -57,8 +57,10 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation (default: the task's official settings)")
     g.add_argument("--cfg", type=GUIDANCE, default=None, help="guidance scale on image tokens")
     g.add_argument("--image-area", type=whole_number("--image-area", 1), default=None,
-                   help="pixel area of reference and generated images")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="token budget of the response")
+                   help="pixel area the reference images are resized to; generated images take the last "
+                   "reference's size, or the model's own choice without one")
+    g.add_argument("--max-new-tokens", type=whole_number("--max-new-tokens", 1), default=None,
+                   help="token budget of the response")
     g.add_argument("--seed", type=SEED, default=None,
                    help="seed for reproducible sampling")
     g.add_argument("--greedy", action="store_true", help="take the most likely token everywhere")
@@ -107,21 +109,32 @@ def _run(args: argparse.Namespace, task: str, prompt: str, images: list, text: S
 def _task_run(args: argparse.Namespace, task: str, prompt: str, images: list, **kwargs):
     from emu3.emu35.tasks import task_settings
 
+    given = [f"--{mode}-{name}" for mode in ("text", "image") for name in ("top-k", "top-p", "temperature")
+             if getattr(args, f"{mode}_{name.replace('-', '_')}") is not None]
+    if args.greedy and given:
+        raise ValueError(f"sampling options ({', '.join(given)}) do nothing with --greedy; drop them or --greedy")
     settings = task_settings(task)
     return _run(args, task, prompt, images, _sampling(args, "text_", settings.text),
                 _sampling(args, "image_", settings.image), **kwargs)
 
 
 def _save_single_images(results, output: str) -> list[Path]:
+    """Save each sample's image; samples without one are named in an error, after the others are saved."""
     from emu3.cli import _output_paths
 
-    missing = [r.seed for r in results if not r.images]
-    if missing:
-        raise ValueError(f"no complete image was generated (seeds {missing}); raise --max-new-tokens")
     paths = _output_paths(output, len(results))
     for result, path in zip(results, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result.images[0].save(path)
+        if result.images:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            result.images[0].save(path)
+    ended = [r.seed for r in results if not r.images and r.stopped == "eos"]
+    cut = [r.seed for r in results if not r.images and r.stopped != "eos"]
+    if ended or cut:
+        reasons = ([f"the model ended its response without drawing one (seeds {ended})"] if ended else []) + \
+                  ([f"the image did not fit in the token budget (seeds {cut}): raise --max-new-tokens"] if cut else [])
+        saved = [str(p) for r, p in zip(results, paths) if r.images]
+        raise ValueError(f"no complete image was generated: {'; '.join(reasons)}"
+                         + (f"; the others were saved: {', '.join(saved)}" if saved else ""))
     return paths
 
 

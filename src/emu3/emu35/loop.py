@@ -124,8 +124,10 @@ def generate_interleaved(
     rows = [_Row(header.ids(*s) if s else None, tuple(s) if s else None) for s in sizes]
     need = [2 + len(r.header) + r.size[0] * (r.size[1] + 1) if reserve_image and r.size else 0 for r in rows]
     if max(need) > budget:
+        remedy = ("raise max_new_tokens" if budget == max_new_tokens else
+                  f"the model's context of {context} leaves only that after the prompt of {prompt_len} tokens")
         raise ValueError(f"a budget of {budget} new tokens cannot hold a {rows[need.index(max(need))].size} "
-                         f"image, which needs {max(need)} (raise max_new_tokens or shrink the image)")
+                         f"image, which needs {max(need)} ({remedy}; or shrink the image)")
     check_fits(plan_generation(model.config, dtype=model.lm_head.weight.dtype, batch=batch, prompt_len=prompt_len,
                                new_tokens=budget, guidance=guided, codebook_size=vocab.codebook_size,
                                materialized_attention=device.type == "cpu"), device)

@@ -29,6 +29,7 @@ from emu3.emu35.prompts import SizeHeader, parse_image_ids
 from emu3.emu35.viewer import render_html
 from emu3.output_folder import refuse_foreign_files
 from emu3.tokenizer import Tokenizer
+from emu3.vision.image_processing import to_rgb
 from emu3.vocab import EMU35, EMU35_MARKERS, Emu35Markers, Vocab
 
 TEXT, GLOBAL_COT, IMAGE_COT, IMAGE = "text", "global_cot", "image_cot", "image"
@@ -171,7 +172,7 @@ def _save_images(images: Sequence[Image.Image | None], folder: Path, stem: str) 
         if image is None:
             raise ValueError(f"{stem} {k} has no decoded pixels to save")
         name = f"{stem}_{k:02d}.png"
-        image.save(folder / name)
+        to_rgb(image).save(folder / name)  # as the model saw it: a CMYK reference cannot be a PNG
         names.append(name)
     return names
 

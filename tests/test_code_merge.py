@@ -132,3 +132,25 @@ def test_bad_alias_tables_are_refused(tmp_path, content, message):
     with pytest.raises(CheckpointError, match=message) as info:
         load_vision_tokenizer(folder)
     assert "code_aliases.json" in str(info.value)
+
+
+def test_merge_codes_refuses_an_output_folder_it_would_wipe(flat_manifest, tmp_path, capsys, monkeypatch):
+    """The merged tokenizer replaces the whole -o folder: one holding other files, or the tokenizer read, is refused
+    before any work."""
+    import shutil
+
+    from emu3.bundled import VISION_TOKENIZER_DIR
+    from emu3.train import code_merge
+
+    monkeypatch.setattr(code_merge, "merge_uniform_codes", lambda *a, **k: pytest.fail("merged before refusing"))
+    source = tmp_path / "models" / "vq"
+    shutil.copytree(VISION_TOKENIZER_DIR, source)
+    kept = tmp_path / "out"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for output, message in [(kept, "holds files that are not a vision tokenizer's (notes.txt)"),
+                            (source.parent, "would overwrite"), (source, "would overwrite")]:
+        argv = ["merge-codes", "--vision-tokenizer", str(source), "--data", str(flat_manifest), "-o", str(output)]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert (kept / "notes.txt").read_text() == "mine" and (source / "model.safetensors").is_file()

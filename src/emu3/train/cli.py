@@ -118,7 +118,9 @@ def cmd_merge_codes(args: argparse.Namespace) -> dict[str, Any]:
     from emu3.train import export
     from emu3.train.code_merge import merge_uniform_codes
 
-    vq, processor = checkpoint.load_vision_tokenizer(args.vision_tokenizer, device=resolve_device(args.device))
+    source = checkpoint.resolve(args.vision_tokenizer)
+    export.check_vision_tokenizer_output(Path(args.output), [source, Path(args.data)])
+    vq, processor = checkpoint.load_vision_tokenizer(source, device=resolve_device(args.device))
     report = merge_uniform_codes(vq, processor, args.data, tol=args.tol, color_tol=args.color_tol,
                                   samples=args.samples, seed=args.seed)
     out = export.save_vision_tokenizer(vq.state_dict(), vq.config, processor, Path(args.output),

@@ -38,6 +38,8 @@ VQ_DECODER_SIDE = ("post_quant_conv.", "decoder.")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 VQ_CODEBOOK = "quantize."
+# What `save_vision_tokenizer` writes.
+VQ_FILES = (checkpoint.SAFETENSORS, checkpoint.CONFIG, checkpoint.PREPROCESSOR, checkpoint.CODE_ALIASES)
 
 
 def _entry(target: Path) -> Path:
@@ -52,6 +54,19 @@ def refuse_overwrite(target: Path, sources: list[Path | None]) -> None:
         if entry == source.resolve() or entry in source.resolve().parents:
             raise ValueError(f"exporting to {target} would overwrite {source}, which the export reads: "
                              "choose another output folder")
+
+
+def check_vision_tokenizer_output(folder: Path, sources: list[Path | None]) -> None:
+    """Refuse `folder` as the output of `save_vision_tokenizer`, which replaces the whole folder, when it
+    would replace one of `sources` or holds files other than a vision tokenizer's."""
+    refuse_overwrite(folder, sources)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"-o {folder} exists and is not a folder")
+    others = sorted(p.name for p in folder.iterdir() if p.name not in VQ_FILES) if folder.is_dir() else []
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise ValueError(f"-o {folder} holds files that are not a vision tokenizer's ({others[0]}{more}), and the "
+                         "vision tokenizer replaces the whole folder: choose a new or empty folder")
 
 
 def export_lm(state: dict[str, torch.Tensor], cfg: LMConfig, dest: Path, *, lora_scale: float | None,

@@ -67,32 +67,51 @@ def test_resume_reproduces_the_uninterrupted_losses(setup):
     assert len({r["loss"] for r in full}) == 6
 
 
-def test_vq_resume_restarts_the_same_dead_codes(tmp_path):
+def _vq_cfg(tmp_path):
+    """A VQTrainConfig factory on four random 16-pixel pictures: cfg(output_name, **overrides)."""
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"image": f"{i}.png"}) + "\n" for i in range(4)))
 
     def cfg(out, **kw):
-        return VQTrainConfig(output=str(tmp_path / out), data=str(tmp_path / "m.jsonl"), preset="tiny", init=True,
-                             resolution=16, micro_batch_size=2, max_steps=6, save_every=2, warmup_steps=0,
-                             lr=1e-3, restart_dead_codes=2, quiet=True, **kw)
+        settings = dict(preset="tiny", init=True, resolution=16, micro_batch_size=2, max_steps=6, save_every=2,
+                        warmup_steps=0, lr=1e-3, quiet=True)
+        return VQTrainConfig(output=str(tmp_path / out), data=str(tmp_path / "m.jsonl"), **{**settings, **kw})
+    return cfg
 
+
+def _vq_resumes_exactly(tmp_path, cfg, kill_after: int) -> None:
+    """Train in one go, and again killed after step `kill_after` and resumed: the same metrics, exactly."""
     train_vq(cfg("full"))
-    with pytest.raises(Killed):  # codes idle for 2 micro-batches at the step-4 checkpoint restart at step 5
-        train_vq(cfg("cut"), on_step=_kill_after(5))
+    with pytest.raises(Killed):
+        train_vq(cfg("cut"), on_step=_kill_after(kill_after))
     train_vq(cfg("cut", resume=True))
-    full = read_log(tmp_path / "full" / "metrics.jsonl")
-    resumed = {r["step"]: r["loss"] for r in read_log(tmp_path / "cut" / "metrics.jsonl")}
-    assert [resumed[s] for s in range(1, 7)] == [r["loss"] for r in full]  # exactly
+    keys = ("loss", "codebook_usage_run")
+    full = [[r[k] for k in keys] for r in read_log(tmp_path / "full" / "metrics.jsonl")]
+    resumed = {r["step"]: [r[k] for k in keys] for r in read_log(tmp_path / "cut" / "metrics.jsonl")}
+    assert [resumed[s] for s in range(1, len(full) + 1)] == full
+
+
+def test_vq_resume_restarts_the_same_dead_codes(tmp_path):
+    cfg = _vq_cfg(tmp_path)
+    # codes idle for 2 micro-batches at the step-4 checkpoint restart at step 5
+    _vq_resumes_exactly(tmp_path, lambda out, **kw: cfg(out, restart_dead_codes=2, **kw), kill_after=5)
     # a checkpoint written before the counters were saved still resumes (every code counted as just hit)
     folder = state.latest(tmp_path / "cut")
     weights = load_file(str(folder / "model.safetensors"))
-    assert weights.pop("idle").any()
+    assert weights.pop("idle").any() and weights.pop("seen").any()
     save_file(weights, str(folder / "model.safetensors"))
-    longer = cfg("cut", resume=True)
+    longer = cfg("cut", resume=True, restart_dead_codes=2)
     longer.max_steps = 7
     assert train_vq(longer)["steps"] == 7
+
+
+def test_vq_resume_inside_the_autoencoder_warmup(tmp_path):
+    """The codebook has no optimizer state before its first step (after the warm-up): resuming from a checkpoint
+    saved then crashed, and the codes seen were counted afresh."""
+    cfg = _vq_cfg(tmp_path)
+    _vq_resumes_exactly(tmp_path, lambda out, **kw: cfg(out, autoencoder_steps=3, max_steps=5, **kw), kill_after=3)
 
 
 def test_a_crash_while_saving_leaves_latest_on_the_previous_checkpoint(setup, monkeypatch):

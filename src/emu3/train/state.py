@@ -6,7 +6,8 @@ Layout of `OUTPUT/checkpoints/`:
     step-00000500/optimizer.safetensors    AdamW moments and step counts, keyed `state/<param>/<name>`
     step-00000500/optimizer.json           AdamW param groups (hyper-parameters, parameter names)
     step-00000500/rng-<rank>.safetensors   each process' CPU (and CUDA) generator state
-    step-00000500/trainer_state.json       step, the settings, the data fingerprint (written last)
+    step-00000500/trainer_state.json       step, the settings, the data fingerprint, the weights not yet
+                                           stepped (written last)
     latest                                 the name of the newest complete checkpoint
 
 A checkpoint is built in a temporary folder, fsynced and renamed; only then is `latest` rewritten
@@ -19,6 +20,7 @@ full state in host memory while saving. Nothing is pickled. This module does not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -43,6 +45,7 @@ from emu3.train.distributed import DistInfo, barrier
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
+STATELESS = "params_without_optimizer_state"  # in STATE_FILE: names of trainable weights never stepped
 
 
 class ResumeError(ValueError):
@@ -119,7 +122,8 @@ def save(output: Path, step: int, model: nn.Module, optimizer: torch.optim.Optim
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
             barrier(info)
-            state = {**trainer_state, "step": step, "world_size": info.world_size, "saved_at": time.time()}
+            state = {**trainer_state, "step": step, "world_size": info.world_size, "saved_at": time.time(),
+                     STATELESS: _stateless_params(model, optimizer)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         atomic.write_text(root / LATEST, final.name + "\n")
         _prune(root, keep)
@@ -129,6 +133,11 @@ def save(output: Path, step: int, model: nn.Module, optimizer: torch.optim.Optim
         barrier(info)
     barrier(info)
     return model_state
+
+
+def _stateless_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The trainable weights the optimizer has not stepped yet (so has no state for)."""
+    return [name for name, param in model.named_parameters() if param.requires_grad and param not in optimizer.state]
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -156,7 +165,14 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info:
         raise ResumeError(f"checkpoint {folder} does not fit the model being trained (were --add-layers, "
                           f"LoRA or the model changed since?): {' '.join(line.strip() for line in detail[:3])}"
                           ) from None
-    set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
+    # A weight that had no gradient before the save (the codebook during train-vq's autoencoder warm-up)
+    # has no optimizer state yet. Loading fills one in with a zero step; it is dropped, so that the
+    # weight starts its state at its first step, as it would have without the resume.
+    set_optimizer_state_dict(model, optimizer, optim_state, options=dataclasses.replace(opts, strict=False))
+    stateless = set(trainer_state.pop(STATELESS, []))
+    for name, param in model.named_parameters():
+        if name in stateless:
+            optimizer.state.pop(param, None)
     rng_file = folder / f"rng-{info.rank}.safetensors"
     if rng_file.is_file():
         try:

@@ -50,9 +50,11 @@ def _flat_latents(z: torch.Tensor) -> torch.Tensor:
     return z.permute(0, 1, 3, 4, 2).reshape(-1, z.shape[2])
 
 
-def _default_idle(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
-    """Checkpoints written before the idle counters were saved resume with every code counted as just hit."""
+def _default_counters(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the code counters were saved resume with every code counted as just
+    hit, and none as seen."""
     state.setdefault(prefix + "idle", torch.zeros_like(module.idle))
+    state.setdefault(prefix + "seen", torch.zeros_like(module.seen))
 
 
 class VQLoss(nn.Module):
@@ -62,10 +64,12 @@ class VQLoss(nn.Module):
         super().__init__()
         self.vq, self.cfg = vq, cfg
         self._lpips = None
-        # micro-batches since each code was hit: a buffer, so checkpoints carry it and a resume restarts
-        # the same codes; `export` keeps only the `vq.` weights
+        # micro-batches since each code was hit, and whether it was hit in this run: buffers, so checkpoints
+        # carry them and a resume restarts the same codes and logs the same usage; `export` keeps only the
+        # `vq.` weights
         self.register_buffer("idle", torch.zeros(vq.config.codebook_size, dtype=torch.long))
-        self.register_load_state_dict_pre_hook(_default_idle)
+        self.register_buffer("seen", torch.zeros(vq.config.codebook_size, dtype=torch.bool))
+        self.register_load_state_dict_pre_hook(_default_counters)
         if cfg.perceptual_weight > 0:
             try:
                 import lpips
@@ -202,7 +206,6 @@ class VQTask:
                  device: torch.device) -> None:
         self.module, self.media, self.plan, self.cfg, self.device = module, media, plan, cfg, device
         self.codebook_size = codebook_size
-        self.seen = torch.zeros(codebook_size, dtype=torch.bool)
         self._codebook_set_at = -1  # the step whose k-means initialisation has run
 
     def _pixels(self, indices, step: int) -> torch.Tensor:
@@ -231,13 +234,14 @@ class VQTask:
     def summarize(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         n = float(stats["samples"])
         hist = stats["hist"]
-        self.seen |= hist > 0
+        seen = self.module.seen  # the codes hit since the run started, resumes included
+        seen |= (hist > 0).to(seen.device)
         p = hist / hist.sum().clamp_min(1)
         entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
         return {"recon": float(stats["recon"]) / n, "codebook_loss": float(stats["codebook"]) / n,
                 "commit_loss": float(stats["commit"]) / n, "psnr": float(stats["psnr"]) / n,
                 "codebook_usage": float((hist > 0).sum()) / self.codebook_size,
-                "codebook_usage_run": float(self.seen.sum()) / self.codebook_size, "perplexity": math.exp(entropy)}
+                "codebook_usage_run": float(seen.sum()) / self.codebook_size, "perplexity": math.exp(entropy)}
 
     def fingerprint(self) -> dict[str, Any]:
         data = [str(Path(m).resolve()) for m in self.cfg.data]

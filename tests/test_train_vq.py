@@ -197,17 +197,22 @@ def test_bad_crop_and_warmup_flags(tmp_path, capsys, manifest, flags, message):
     assert message in capsys.readouterr().err
 
 
-def test_decoder_only_keeps_encoder_and_codebook(manifest, tmp_path, emu3_fixture, capsys):
+@pytest.mark.parametrize("batchnorm", [[], ["--train-batchnorm"]])
+def test_decoder_only_keeps_encoder_and_codebook(manifest, tmp_path, emu3_fixture, capsys, batchnorm):
+    """Encoder weights and BatchNorm statistics included: with --train-batchnorm only the decoder's move."""
     folder = emu3_fixture / "Emu3-VisionTokenizer-tiny"
     argv = ["train-vq", "--vision-tokenizer", str(folder), "--decoder-only", "--data", str(manifest),
-            "-o", str(tmp_path / "run"), "--resolution", "16", "--max-steps", "2", "--lr", "1e-2", "--quiet", "--json"]
+            "-o", str(tmp_path / "run"), "--resolution", "16", "--max-steps", "2", "--lr", "1e-2", "--quiet", "--json",
+            *batchnorm]
     assert main(argv) == 0
     before, _ = load_vision_tokenizer(folder)
     after, _ = load_vision_tokenizer(json.loads(capsys.readouterr().out)["export"])
     old, new = before.state_dict(), after.state_dict()
     frozen = [k for k in old if k.startswith(("encoder.", "quant_conv.", "quantize."))]
-    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any("running_mean" in k for k in frozen) and all(torch.equal(old[k], new[k]) for k in frozen)
     assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    statistics_moved = any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder.") and "running" in k)
+    assert statistics_moved == bool(batchnorm)
     assert main(argv[:3] + ["--init", *argv[3:]]) == 2
 
 

@@ -164,7 +164,8 @@ class VQTrainConfig(LoopConfig):
     commitment_beta: float = opt(0.25, "weight of the commitment loss ||z - sg(zq)||^2")
     codebook_weight: float = opt(1.0, "weight of the codebook loss ||sg(z) - zq||^2")
     perceptual_weight: float = opt(0.0, "weight of an LPIPS term (needs the lpips package)")
-    train_batchnorm: bool = opt(False, "update BatchNorm statistics (off: keep the checkpoint's)")
+    train_batchnorm: bool = opt(False, "update BatchNorm statistics (off: keep the checkpoint's; with "
+                                "decoder_only, the decoder's only)")
     restart_dead_codes: int = opt(0, "move codes unused for this many micro-batches onto latents of the batch "
                                      "(against codebook collapse when training from scratch; 0: never)")
     lr: float = opt(1e-4, "peak learning rate")

@@ -8,8 +8,8 @@ the reconstruction gradient reaches the encoder. Loss per sample: pixel L1 (or L
 the lpips package is installed and the weight is set). Images train as the official 4-frame static
 clip (decoded frame 0); `num_frames` > 1 trains on clips. Logged: the loss terms, PSNR, and codebook
 usage (share of codes hit in the step and since the run started) and perplexity. BatchNorm keeps
-the checkpoint's statistics unless `train_batchnorm`. With `restart_dead_codes`, codes that no latent
-picked for that many micro-batches are moved onto random latents of the batch (training from scratch
+the checkpoint's statistics unless `train_batchnorm` (the decoder's alone with `decoder_only`). With
+`restart_dead_codes`, codes that no latent picked for that many micro-batches are moved onto random latents of the batch (training from scratch
 collapses onto a few codes without it; the restarts are per process, so use them on one process). With
 `autoencoder_steps` N, steps before N train a plain autoencoder (the decoder sees the latents) and
 step N first sets the codebook to k-means centres of latents of up to 1024 samples (one process);
@@ -78,11 +78,13 @@ class VQLoss(nn.Module):
             object.__setattr__(self, "_lpips", lpips.LPIPS(net="vgg").eval().requires_grad_(False))
 
     def train(self, mode: bool = True) -> VQLoss:
+        """Train mode, except for the BatchNorm layers whose statistics stay as loaded: all of them unless
+        `train_batchnorm`, and with `decoder_only` those of the encoder side (which would move codes)."""
         super().train(mode)
-        if not self.cfg.train_batchnorm:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for name, m in self.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (self.cfg.train_batchnorm and (
+                    not self.cfg.decoder_only or name.removeprefix("vq.").startswith(export.VQ_DECODER_SIDE))):
+                m.eval()
         return self
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -261,3 +261,28 @@ def test_the_printed_summary_names_the_skipped_records(manifest, tmp_path, capsy
     out = capsys.readouterr().out
     assert "trained 1 steps on 4 records" in out and "skipped 2 records: 1 missing file, 1 unreadable media" in out
     assert f"{manifest} line 6: missing file: " in out and f"{manifest} line 5: unreadable media: " in out
+
+
+def test_a_decompression_bomb_is_skipped_as_unreadable(tmp_path):
+    from emu3.train.vq import read_media
+
+    Image.new("1", (14000, 14000)).save(tmp_path / "big.png")  # over twice PIL's pixel limit: it refuses to open it
+    Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")
+    (tmp_path / "m.jsonl").write_text('{"image": "big.png"}\n{"image": "ok.png"}\n')
+    records, skipped = read_media(str(tmp_path / "m.jsonl"))
+    assert len(records) == 1 and [s["reason"] for s in skipped] == ["unreadable media"]
+
+
+def test_an_export_over_the_tokenizer_being_tuned_is_refused_before_training(manifest, tmp_path, emu3_fixture,
+                                                                               capsys, monkeypatch):
+    import shutil
+
+    from emu3.train import vq as vq_training
+
+    monkeypatch.setattr(vq_training, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    tuned = tmp_path / "run" / "export" / "vision-tokenizer"
+    shutil.copytree(emu3_fixture / "Emu3-VisionTokenizer-tiny", tuned)
+    argv = ["train-vq", "--vision-tokenizer", str(tuned), "--data", str(manifest), "-o", str(tmp_path / "run"),
+            "--resolution", "16", "--max-steps", "1", "--quiet"]
+    assert main(argv) == 2
+    assert "would overwrite" in capsys.readouterr().err

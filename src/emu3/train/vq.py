@@ -261,7 +261,7 @@ def _check_header(path: Path) -> None:
     try:
         with Image.open(path):
             pass
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RecordError("unreadable media", f"cannot read image file {path}: {exc}") from None
 
 
@@ -316,10 +316,15 @@ def _export(state: dict[str, torch.Tensor], vq: VisionTokenizer, processor: Imag
             cfg: VQTrainConfig) -> Path:
     """Save the trained tokenizer (`state` of `VQLoss`) in the official layout at `dest`, weights in the
     dtypes `cfg` asks for; never over the tokenizer `cfg` fine-tunes."""
-    export.refuse_overwrite(dest, [Path(cfg.vision_tokenizer) if cfg.vision_tokenizer else None])
+    _check_export_target(dest, cfg)
     state = {k[len("vq."):]: v for k, v in state.items() if k.startswith("vq.")}
     return export.save_vision_tokenizer(state, vq.config, processor, dest, vq.quantize.aliases(), cfg.export_dtype,
                                         cfg.export_encoder_dtype)
+
+
+def _check_export_target(dest: Path, cfg: VQTrainConfig) -> None:
+    """Refuse `dest` as the export of a run that fine-tunes a tokenizer there (or in a folder it holds)."""
+    export.refuse_overwrite(dest, [Path(cfg.vision_tokenizer) if cfg.vision_tokenizer else None])
 
 
 def export_checkpoint(folder: Path, dest: Path, cfg: VQTrainConfig) -> Path:
@@ -333,6 +338,9 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
     info = distributed.setup(cfg.device)
     try:
         check_output(cfg)  # before the tokenizer is loaded and the manifests are checked
+        dest = Path(cfg.output) / "export" / export.VQ_DIR
+        if cfg.save:
+            _check_export_target(dest, cfg)
         vq, processor = build_tokenizer(cfg)
         f = vq.spatial_factor
         for name in ("resolution", "crop"):
@@ -359,7 +367,6 @@ def train_vq(cfg: VQTrainConfig, on_step: StepCallback | None = None) -> dict[st
         summary = {"steps": result.steps, **result.final, "records": len(records), "skipped": len(skipped),
                    "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped_records": skipped, "world_size": info.world_size}
         if info.is_main and cfg.save:
-            dest = Path(cfg.output) / "export" / export.VQ_DIR
             summary["export"] = str(_export(result.model_state, vq, processor, dest, cfg))
         distributed.barrier(info)
         return summary
